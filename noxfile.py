@@ -1,0 +1,32 @@
+"""Every session a user or CI runs. `nox --list` documents them; `nox -t ci` is what CI runs."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.error_on_missing_interpreters = True
+
+CONSTRAINTS = ("-c", "constraints.txt")
+SPEC = "-e./packages/nsa-spec[grad]"
+TEST_DEPS = ("pytest>=8", "hypothesis>=6.100")
+
+# What each conformance target installs beside nsa-spec and the suite.
+BACKEND_PACKAGES = {
+    "numpy": (),
+    "torch": ("-e./packages/nsa-torch",),
+}
+
+
+@nox.session(tags=["ci"])
+def lint(session: nox.Session) -> None:
+    """ruff over the whole workspace."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(tags=["ci"])
+def spec(session: nox.Session) -> None:
+    """nsa-spec's own tests: block math, reference, counters, gradients, contract."""
+    session.install(*CONSTRAINTS, SPEC, *TEST_DEPS)
+    session.run("pytest", "packages/nsa-spec/tests", *session.posargs)

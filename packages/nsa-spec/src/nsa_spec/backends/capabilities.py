@@ -1,0 +1,92 @@
+"""What a backend supports, as data, and the problem it is asked to solve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nsa_spec.config import NSAConfig
+
+OPS = ("forward", "backward", "decode")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One call a backend may be asked to run, described without its arrays.
+
+    `array_api` names the array type ("numpy", "torch"); `device` is "cpu" or "cuda";
+    `dtype` a NumPy-style name ("float64", "float32", "bfloat16", "float16");
+    `compute_capability` is (major, minor) for CUDA devices, else None.
+    """
+
+    op: str
+    array_api: str
+    device: str
+    dtype: str
+    heads_q: int
+    heads_kv: int
+    dk: int
+    dv: int
+    config: NSAConfig
+    varlen: bool = False
+    compute_capability: tuple[int, int] | None = None
+
+    @property
+    def group_size(self) -> int:
+        """G = HQ / H."""
+        return self.heads_q // self.heads_kv
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Everything a backend declares it supports. None in a set-valued field means "any".
+
+    `block_sizes` holds (l, d, l') triples; `notes` maps an architecture ("sm90") or topic to a
+    sentence users see in `python -m nsa_spec.info`.
+    """
+
+    array_api: str
+    devices: frozenset[str]
+    dtypes: frozenset[str]
+    ops: frozenset[str] = frozenset(OPS)
+    head_dims: frozenset[int] | None = None
+    group_sizes: frozenset[int] | None = None
+    block_sizes: frozenset[tuple[int, int, int]] | None = None
+    varlen: bool = True
+    deterministic: bool = True
+    min_compute_capability: tuple[int, int] | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def reasons(self, problem: Problem) -> list[str]:
+        """Why `problem` is outside these capabilities: one line per broken rule, [] if none."""
+        out = []
+        if problem.op not in self.ops:
+            out.append(f"op={problem.op!r} is not supported (supported: {sorted(self.ops)})")
+        if problem.array_api != self.array_api:
+            out.append(f"arrays are {problem.array_api!r}, this backend takes {self.array_api!r}")
+        if problem.device not in self.devices:
+            out.append(f"device={problem.device!r} is not supported (supported: {sorted(self.devices)})")
+        if problem.dtype not in self.dtypes:
+            out.append(f"dtype={problem.dtype!r} is not supported (supported: {sorted(self.dtypes)})")
+        if self.head_dims is not None:
+            for name in ("dk", "dv"):
+                value = getattr(problem, name)
+                if value not in self.head_dims:
+                    out.append(f"{name}={value} is not supported (supported: {sorted(self.head_dims)})")
+        if self.group_sizes is not None and problem.group_size not in self.group_sizes:
+            out.append(
+                f"group size G=HQ/H={problem.group_size} is not supported "
+                f"(supported: {sorted(self.group_sizes)})"
+            )
+        c = problem.config
+        blocks = (c.cmp_len, c.cmp_stride, c.slc_len)
+        if self.block_sizes is not None and blocks not in self.block_sizes:
+            out.append(f"(l, d, l')={blocks} is not supported (supported: {sorted(self.block_sizes)})")
+        if problem.varlen and not self.varlen:
+            out.append("varlen (cu_seqlens) is not supported")
+        if self.min_compute_capability is not None and problem.device == "cuda":
+            cc = problem.compute_capability
+            if cc is None or cc < self.min_compute_capability:
+                out.append(
+                    f"compute capability {cc} is below the minimum {self.min_compute_capability}"
+                )
+        return out

@@ -1,0 +1,161 @@
+"""The kernel contract (DESIGN.md, Contracts): what every backend takes and returns.
+
+A backend starts after projections, RoPE and phi. Layout is [batch, seq, heads, dim]; query head
+h uses key/value head h // G (G = HQ / H consecutive query heads share one key/value head).
+Arrays may be NumPy arrays or any backend's tensors: these classes only hold them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from nsa_spec.blocks import cmp_cu_seqlens, n_cmp
+from nsa_spec.config import NSAConfig
+from nsa_spec.errors import InvalidInputError
+
+BRANCHES = ("cmp", "slc", "win")
+
+
+@dataclass(frozen=True)
+class NSAInputs:
+    """Inputs of one NSA attention call.
+
+    Shapes: q [B, T, HQ, dk]; k_cmp/v_cmp [B, N_cmp(T), H, dk|dv] (compressed tokens);
+    k_slc/v_slc and k_win/v_win [B, T, H, dk|dv]; gates [B, T, HQ, 3] (activated gate values,
+    branch order cmp, slc, win). With `cu_seqlens` (int [n_seq + 1], starting at 0 and ending
+    at T) B must be 1 and sequences are packed along T; compressed tokens are then packed in
+    sequence order, `blocks.cmp_cu_seqlens(cu_seqlens)` giving their offsets.
+    """
+
+    q: Any
+    k_cmp: Any
+    v_cmp: Any
+    k_slc: Any
+    v_slc: Any
+    k_win: Any
+    v_win: Any
+    gates: Any
+    cu_seqlens: Any = None
+
+    def arrays(self) -> dict[str, Any]:
+        """The array fields by name (cu_seqlens excluded)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cu_seqlens"}
+
+    def replace(self, **changes: Any) -> NSAInputs:
+        """A copy with some fields changed."""
+        return NSAInputs(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
+
+
+@dataclass(frozen=True)
+class NSAOutput:
+    """Output of one NSA attention call.
+
+    o [B, T, HQ, dv]; lse [B, T, HQ, 3] per-branch log-sum-exp of the scaled scores (-inf over
+    an empty key set); indices [B, T, H, n] selected blocks, ascending, -1 padded.
+    """
+
+    o: Any
+    lse: Any = None
+    indices: Any = None
+
+
+@dataclass(frozen=True)
+class NSAGrads:
+    """Gradients of a scalar loss with respect to every array of `NSAInputs`, same shapes."""
+
+    q: Any
+    k_cmp: Any
+    v_cmp: Any
+    k_slc: Any
+    v_slc: Any
+    k_win: Any
+    v_win: Any
+    gates: Any
+
+
+@dataclass(frozen=True)
+class DecodeCache:
+    """What a decode step reads, for a batch of sequences of one common length S.
+
+    k_raw/v_raw [B, S, H, dk|dv] raw cmp stream (phi's input); k_cmp/v_cmp [B, N_cmp(S), H, .];
+    k_slc/v_slc [B, S, H, .]; k_win/v_win [B, min(w, S), H, .] the last w win tokens, oldest first.
+    """
+
+    k_raw: Any
+    v_raw: Any
+    k_cmp: Any
+    v_cmp: Any
+    k_slc: Any
+    v_slc: Any
+    k_win: Any
+    v_win: Any
+    length: int
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """One decode step: the output for the new token and tokens read per (batch, kv head)."""
+
+    out: NSAOutput
+    reads: Any
+
+
+def _shape(name: str, x: Any, ndim: int) -> tuple[int, ...]:
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise InvalidInputError(f"{name} must be an array: got {type(x).__name__}")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != ndim:
+        raise InvalidInputError(f"{name} must have {ndim} dims: {name}.shape={shape}")
+    return shape
+
+
+def _expect(name: str, shape: tuple[int, ...], expected: tuple[int, ...], rule: str) -> None:
+    if shape != expected:
+        raise InvalidInputError(f"{name} must have shape {expected} ({rule}): {name}.shape={shape}")
+
+
+def validate_inputs(inputs: NSAInputs, config: NSAConfig) -> tuple[int, int, int, int, int, int, int]:
+    """Check every shape rule of the contract; return (B, T, HQ, H, G, dk, dv)."""
+    B, T, HQ, dk = _shape("q", inputs.q, 4)
+    if min(B, T, HQ, dk) < 1:
+        raise InvalidInputError(f"q must have non-empty dims [B, T, HQ, dk]: q.shape={(B, T, HQ, dk)}")
+    ks = _shape("k_slc", inputs.k_slc, 4)
+    if ks[:2] != (B, T) or ks[3] != dk or ks[2] < 1:
+        raise InvalidInputError(
+            f"k_slc must have shape [B, T, H, dk] = [{B}, {T}, H, {dk}] like q: k_slc.shape={ks}"
+        )
+    H = ks[2]
+    if HQ % H:
+        raise InvalidInputError(
+            f"key/value heads H must divide query heads HQ (GQA): HQ={HQ}, H={H}"
+        )
+    dv = _shape("v_slc", inputs.v_slc, 4)[3]
+    _expect("v_slc", _shape("v_slc", inputs.v_slc, 4), (B, T, H, dv), "[B, T, H, dv]")
+    _expect("k_win", _shape("k_win", inputs.k_win, 4), (B, T, H, dk), "[B, T, H, dk]")
+    _expect("v_win", _shape("v_win", inputs.v_win, 4), (B, T, H, dv), "[B, T, H, dv] like v_slc")
+    _expect("gates", _shape("gates", inputs.gates, 4), (B, T, HQ, 3), "[B, T, HQ, 3]")
+    if dv < 1:
+        raise InvalidInputError(f"dv must be >= 1: v_slc.shape={(B, T, H, dv)}")
+    if inputs.cu_seqlens is None:
+        N = n_cmp(T, config)
+    else:
+        cu = np.asarray(inputs.cu_seqlens)
+        if B != 1:
+            raise InvalidInputError(f"cu_seqlens needs B == 1 (packed sequences): B={B}")
+        if cu.ndim != 1 or cu.size < 2 or not np.issubdtype(cu.dtype, np.integer):
+            raise InvalidInputError(
+                f"cu_seqlens must be a 1-D int array of n_seq + 1 offsets: cu_seqlens={cu.tolist()}"
+            )
+        if cu[0] != 0 or cu[-1] != T or np.any(np.diff(cu) < 1):
+            raise InvalidInputError(
+                f"cu_seqlens must start at 0, end at T={T} and strictly increase: "
+                f"cu_seqlens={cu.tolist()}"
+            )
+        N = int(cmp_cu_seqlens(cu, config)[-1])
+    _expect("k_cmp", _shape("k_cmp", inputs.k_cmp, 4), (B, N, H, dk), "[B, N_cmp(T), H, dk]")
+    _expect("v_cmp", _shape("v_cmp", inputs.v_cmp, 4), (B, N, H, dv), "[B, N_cmp(T), H, dv]")
+    return B, T, HQ, H, HQ // H, dk, dv
