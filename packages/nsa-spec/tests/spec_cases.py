@@ -1,0 +1,115 @@
+"""Shared test cases for nsa-spec: Hypothesis strategies, random inputs, a naive attention.
+
+A `Case` is one problem (config, shapes, phi, seed) with a readable id such as
+`B2-T37-HQ4-H2-dk3-dv5-l8d4l'16n4w9-mean`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import settings
+from hypothesis import strategies as st
+from nsa_spec import NSAConfig
+from nsa_spec.reference import init_mlp_params
+
+STREAMS = ("q", "k_raw", "v_raw", "k_slc", "v_slc", "k_win", "v_win", "gates")
+
+# Tests that run many forwards per example take a quarter of the profile's examples.
+heavy = settings(max_examples=max(3, settings().max_examples // 4))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One problem: config, shapes [B, T, HQ, H, dk, dv], phi and the seed of its inputs."""
+
+    config: NSAConfig
+    B: int
+    T: int
+    HQ: int
+    H: int
+    dk: int
+    dv: int
+    phi: str = "mean"
+    seed: int = 0
+
+    @property
+    def G(self) -> int:
+        return self.HQ // self.H
+
+    @property
+    def id(self) -> str:
+        c = self.config
+        return (
+            f"B{self.B}-T{self.T}-HQ{self.HQ}-H{self.H}-dk{self.dk}-dv{self.dv}-"
+            f"l{c.cmp_len}d{c.cmp_stride}l'{c.slc_len}n{c.top_n}w{c.window}-{self.phi}"
+        )
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """Random float64 raw streams and gates in (0.1, 1) for `nsa_forward`, by name."""
+        rng = np.random.default_rng(self.seed)
+        B, T, HQ, H, dk, dv = self.B, self.T, self.HQ, self.H, self.dk, self.dv
+        shapes = {
+            "q": (B, T, HQ, dk), "k_raw": (B, T, H, dk), "v_raw": (B, T, H, dv),
+            "k_slc": (B, T, H, dk), "v_slc": (B, T, H, dv), "k_win": (B, T, H, dk),
+            "v_win": (B, T, H, dv),
+        }
+        arrays = {name: rng.standard_normal(shape) for name, shape in shapes.items()}
+        arrays["gates"] = rng.uniform(0.1, 1.0, (B, T, HQ, 3))
+        return arrays
+
+    def phi_params(self) -> dict | None:
+        """phi 'mlp' parameters for keys and values (hidden width 5), None for 'mean'."""
+        if self.phi == "mean":
+            return None
+        rng = np.random.default_rng(self.seed + 1)
+        l = self.config.cmp_len
+        return {"k": init_mlp_params(rng, l, self.dk, 5), "v": init_mlp_params(rng, l, self.dv, 5)}
+
+
+@st.composite
+def configs(draw: st.DrawFn, max_window: int = 40) -> NSAConfig:
+    """Valid small configs: l in {4, 8, 16}, d | l, l' a multiple of d in [l, 32], n in 3..6."""
+    l = draw(st.sampled_from([4, 8, 16]))
+    d = draw(st.sampled_from([x for x in (1, 2, 4, 8, 16) if l % x == 0]))
+    l_slc = d * draw(st.integers(l // d, 32 // d))
+    return NSAConfig(
+        cmp_len=l, cmp_stride=d, slc_len=l_slc, top_n=draw(st.integers(3, 6)),
+        window=draw(st.integers(1, max_window)),
+    )
+
+
+@st.composite
+def cases(
+    draw: st.DrawFn, max_T: int = 70, max_B: int = 2, max_dim: int = 6, phis: tuple[str, ...] = ("mean",),
+    config: st.SearchStrategy[NSAConfig] | None = None,
+) -> Case:
+    """Problems over small configs; T is often below l, 1, or not a multiple of any block size."""
+    cfg = draw(config if config is not None else configs())
+    T = draw(st.one_of(st.just(1), st.integers(1, cfg.cmp_len), st.integers(1, max_T)))
+    H = draw(st.integers(1, 2))
+    return Case(
+        config=cfg, B=draw(st.integers(1, max_B)), T=T, HQ=H * draw(st.sampled_from([1, 2, 4])), H=H,
+        dk=draw(st.integers(1, max_dim)), dv=draw(st.integers(1, max_dim)),
+        phi=draw(st.sampled_from(phis)), seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+def causal_attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Full causal attention written out per query: q [B, T, HQ, dk], k/v [B, T, H, .] -> o, lse."""
+    B, T, HQ, _ = q.shape
+    G = HQ // k.shape[2]
+    o = np.zeros((B, T, HQ, v.shape[-1]))
+    lse = np.zeros((B, T, HQ))
+    for b in range(B):
+        for t in range(T):
+            for h in range(HQ):
+                s = scale * (k[b, : t + 1, h // G] @ q[b, t, h])
+                m = s.max()
+                e = np.exp(s - m)
+                o[b, t, h] = e @ v[b, : t + 1, h // G] / e.sum()
+                lse[b, t, h] = m + np.log(e.sum())
+    return o, lse
