@@ -56,9 +56,8 @@ class TorchBackend:
         with torch.enable_grad():
             o = nsa_attention(inputs.replace(**leaves), config, indices=out.indices).o
             grads = torch.autograd.grad(o, list(leaves.values()), grad_o.to(o.dtype), allow_unused=True)
-        return NSAGrads(**{
-            n: torch.zeros_like(x) if g is None else g for (n, x), g in zip(leaves.items(), grads, strict=True)
-        })
+        pairs = zip(leaves.items(), grads, strict=True)
+        return NSAGrads(**{n: torch.zeros_like(x) if g is None else g for (n, x), g in pairs})
 
     def decode(self, cache: DecodeCache, q: Any, gates: Any, config: NSAConfig) -> DecodeResult:
         with torch.no_grad():

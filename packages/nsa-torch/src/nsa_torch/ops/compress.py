@@ -14,8 +14,9 @@ import torch
 from nsa_spec.blocks import n_cmp
 from nsa_spec.config import NSAConfig
 from nsa_spec.errors import InvalidInputError
-from nsa_torch.ops.attention import attention_probs
 from torch import Tensor
+
+from nsa_torch.ops.attention import attention_probs
 
 Phi = Callable[[Tensor, Any], Tensor]
 

@@ -16,12 +16,13 @@ from nsa_spec.blocks import n_slc_blocks
 from nsa_spec.config import NSAConfig
 from nsa_spec.contract import DecodeCache, DecodeResult, NSAOutput
 from nsa_spec.errors import InvalidInputError
+from torch import Tensor
+
 from nsa_torch.ops.attention import attend, attention_probs
 from nsa_torch.ops.combine import combine
 from nsa_torch.ops.compress import compress
 from nsa_torch.ops.nsa import compute_dtype, nsa_forward
 from nsa_torch.ops.select import importance_scores, overlap_rows, selected_attention, top_n
-from torch import Tensor
 
 
 def empty_cache(batch: int, heads: int, dk: int, dv: int, dtype: torch.dtype = torch.float32,

@@ -17,13 +17,14 @@ from nsa_spec.blocks import cmp_cu_seqlens, n_cmp, n_slc_blocks
 from nsa_spec.config import NSAConfig
 from nsa_spec.contract import NSAInputs, NSAOutput, validate_inputs
 from nsa_spec.errors import InvalidInputError
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
 from nsa_torch.ops.attention import attention_probs
 from nsa_torch.ops.combine import combine
 from nsa_torch.ops.compress import cmp_visible, compress, compressed_attention
 from nsa_torch.ops.select import importance_scores, overlap_rows, selected_attention, top_n
 from nsa_torch.ops.window import window_attention
-from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 CHUNK_BYTES = 512 * 2**20
 """Default budget for one chunk's largest temporaries (gathered keys/values and scores)."""

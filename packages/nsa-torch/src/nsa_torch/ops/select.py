@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from nsa_spec.blocks import overlap_matrix
 from nsa_spec.config import NSAConfig
-from nsa_torch.ops.attention import attend
 from torch import Tensor
+
+from nsa_torch.ops.attention import attend
 
 
 @functools.lru_cache(maxsize=64)

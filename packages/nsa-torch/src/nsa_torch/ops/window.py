@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import torch
 from nsa_spec.config import NSAConfig
-from nsa_torch.ops.attention import attend
 from torch import Tensor
+
+from nsa_torch.ops.attention import attend
 
 
 def window_mask(positions: Tensor, key_positions: Tensor, config: NSAConfig) -> Tensor:
