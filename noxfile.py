@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -23,6 +25,23 @@ def lint(session: nox.Session) -> None:
     """ruff over the whole workspace."""
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
+
+
+def _conformance_session(backend: str) -> None:
+    @nox.session(name=f"conformance-{backend}", tags=["ci"])
+    def conformance(session: nox.Session) -> None:
+        """The conformance suite against one backend (conformance/README.md); numpy adds its meta-test."""
+        session.install(*CONSTRAINTS, SPEC, *BACKEND_PACKAGES[backend], "-e./conformance", *TEST_DEPS)
+        xfail = f"packages/nsa-{backend}/conformance-xfail.txt"
+        known_gaps = ("--nsa-xfail", xfail) if os.path.exists(xfail) else ()
+        session.run("pytest", "--pyargs", "nsa_conformance.suite", "--nsa-backend", backend,
+                    *known_gaps, *session.posargs)
+        if backend == "numpy":
+            session.run("pytest", "conformance/tests")
+
+
+for _backend in BACKEND_PACKAGES:
+    _conformance_session(_backend)
 
 
 @nox.session(tags=["ci"])
