@@ -1,0 +1,374 @@
+"""What the runner times: NSA backends (through the `nsa.backends` registry), dense baselines
+(torch SDPA with one backend forced), and fla-core's `parallel_nsa` when it is installed.
+
+`target.prepare(case, device)` allocates random inputs (never zeros) on the device and returns a
+`Prepared` thunk; nothing it allocates is timed. `unsupported(case, device)` says, before any
+allocation, why a target cannot run a case (None when it can).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from nsa_spec.backends import capabilities as caps
+from nsa_spec.backends.registry import backends, load_failures
+from nsa_spec.contract import DecodeCache, NSAInputs
+
+from bench import cost
+from bench.workloads import Case
+
+DENSE_BACKENDS = {"sdpa-cudnn": "CUDNN_ATTENTION", "sdpa-flash": "FLASH_ATTENTION", "sdpa-math": "MATH"}
+FLA_NAME = "fla-nsa"
+SEED = 20250216
+
+
+@dataclass
+class Prepared:
+    """A thunk to time, the tensors whose .grad the timer resets, and a note for the results."""
+
+    fn: Callable[[], Any]
+    grad_to_none: list[Any] = field(default_factory=list)
+    note: str = ""
+
+
+class Target:
+    """Base of every timed implementation: `kind` is "nsa", "dense" or "external"; `modes` are
+    the workload modes it has an equivalent of (no rows are made for the others)."""
+
+    name: str
+    kind: str
+    needs_gate: bool = False
+    modes: tuple[str, ...] = ("fwd", "fwdbwd", "decode", "selection")
+
+    def unsupported(self, case: Case, device: str) -> str | None:
+        raise NotImplementedError
+
+    def prepare(self, case: Case, device: str) -> Prepared:
+        raise NotImplementedError
+
+    def model_blocks(self, case: Case) -> cost.Blocks:
+        """Block sizes the FLOP/byte model uses for this target's rows."""
+        return case.blocks
+
+
+# ---- random data ----------------------------------------------------------------------------
+
+
+class _Torch:
+    """Random torch tensors on one device, from one seeded generator."""
+
+    def __init__(self, device: str, dtype: str):
+        import torch
+
+        self.torch = torch
+        self.device = device
+        self.dtype = getattr(torch, dtype)
+        self.gen = torch.Generator(device=device).manual_seed(SEED)
+
+    def randn(self, *shape: int) -> Any:
+        return self.torch.randn(shape, generator=self.gen, device=self.device, dtype=self.dtype)
+
+    def gates(self, *shape: int) -> Any:
+        return self.torch.sigmoid(self.randn(*shape))
+
+
+class _Numpy:
+    """Random NumPy arrays (CPU)."""
+
+    def __init__(self, device: str, dtype: str):
+        self.rng = np.random.default_rng(SEED)
+        self.dtype = dtype
+
+    def randn(self, *shape: int) -> np.ndarray:
+        return self.rng.standard_normal(shape).astype(self.dtype)
+
+    def gates(self, *shape: int) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.randn(*shape)))
+
+
+def _random_indices(case: Case, n: int, chunk: int = 4096) -> np.ndarray:
+    """Valid selections [B, T, H, n] (int64): each query's current block plus n - 1 distinct
+    random earlier blocks (every block while at most n exist), ascending, -1 padded."""
+    B, T, H, l_slc = case.batch, case.seqlen, case.heads_kv, case.config.slc_len
+    rng = np.random.default_rng(SEED)
+    n_blocks = (T - 1) // l_slc + 1
+    j = np.arange(n_blocks)
+    out = np.empty((B, T, H, n), dtype=np.int64)
+    for lo in range(0, T, chunk):
+        current = (np.arange(lo, min(lo + chunk, T)) // l_slc)[None, :, None, None]
+        keys = rng.random((B, current.shape[1], H, n_blocks))
+        keys = np.where(j == current, -1.0, np.where(j < current, keys, np.inf))  # current first
+        order = np.argsort(keys, axis=-1)[..., :n]
+        taken = np.arange(order.shape[-1]) < np.minimum(current + 1, n)
+        picked = np.sort(np.where(taken, order, n_blocks), axis=-1)
+        picked = np.where(picked == n_blocks, -1, picked)
+        pad = n - picked.shape[-1]
+        out[:, lo : lo + chunk] = np.concatenate([picked, np.full((*picked.shape[:-1], pad), -1)], -1)
+    return out
+
+
+# ---- NSA backends -----------------------------------------------------------------------------
+
+
+class NSATarget(Target):
+    """A backend registered under `nsa.backends`, called through the backend protocol."""
+
+    kind = "nsa"
+    needs_gate = True
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def _backend(self) -> Any:
+        return backends().get(self.name)
+
+    def _problem(self, case: Case, device: str) -> caps.Problem:
+        op = {"fwd": "forward", "fwdbwd": "backward", "decode": "decode", "selection": "forward"}
+        cc = None
+        if device == "cuda":
+            import torch
+
+            cc = torch.cuda.get_device_capability()
+        b = self._backend()
+        return caps.Problem(
+            op=op[case.mode], array_api=b.capabilities.array_api, device=device, dtype=case.dtype,
+            heads_q=case.heads_q, heads_kv=case.heads_kv, dk=case.dk, dv=case.dv,
+            config=case.config, compute_capability=cc,
+        )
+
+    def unsupported(self, case: Case, device: str) -> str | None:
+        b = self._backend()
+        if b is None:
+            failed = load_failures().get(self.name)
+            return f"backend {self.name!r} failed to load: {failed}" if failed else (
+                f"backend {self.name!r} is not installed (known: {sorted(backends())})"
+            )
+        why = b.unavailable_reason()
+        if why is not None:
+            return f"unavailable: {why}"
+        reasons = b.not_supported_reasons(self._problem(case, device))
+        if case.mode == "fwdbwd" and not reasons:
+            reasons = b.not_supported_reasons(
+                caps.Problem(**{**self._problem(case, device).__dict__, "op": "forward"})
+            )
+        if case.mode == "selection" and self.name not in SELECTION_STAGES:
+            reasons = [*reasons, f"no selected-attention stage adapter for backend {self.name!r}"]
+        return "; ".join(reasons) or None
+
+    def _alloc(self, device: str, dtype: str) -> Any:
+        api = self._backend().capabilities.array_api
+        if api == "torch":
+            return _Torch(device, dtype)
+        if api == "numpy":
+            return _Numpy(device, dtype)
+        raise NotImplementedError(f"no random-input allocator for array_api={api!r}")
+
+    def prepare(self, case: Case, device: str) -> Prepared:
+        b, r, cfg = self._backend(), self._alloc(device, case.dtype), case.config
+        B, T, HQ, H, dk, dv = case.batch, case.seqlen, case.heads_q, case.heads_kv, case.dk, case.dv
+        if case.mode == "decode":
+            n = int(cost.n_cmp(T, case.blocks))
+            k_slc, v_slc = r.randn(B, T, H, dk), r.randn(B, T, H, dv)
+            w = min(cfg.window, T)
+            cache = DecodeCache(
+                k_raw=k_slc, v_raw=v_slc, k_cmp=r.randn(B, n, H, dk), v_cmp=r.randn(B, n, H, dv),
+                k_slc=k_slc, v_slc=v_slc, k_win=r.randn(B, w, H, dk), v_win=r.randn(B, w, H, dv),
+                length=T,
+            )
+            q, gates = r.randn(B, 1, HQ, dk), r.gates(B, 1, HQ, 3)
+            return Prepared(lambda: b.decode(cache, q, gates, cfg),
+                            note="cache k_raw/v_raw alias k_slc/v_slc (decode attention reads neither)")
+        if case.mode == "selection":
+            return SELECTION_STAGES[self.name](case, r, device)
+        n = int(cost.n_cmp(T, case.blocks))
+        inputs = NSAInputs(
+            q=r.randn(B, T, HQ, dk), k_cmp=r.randn(B, n, H, dk), v_cmp=r.randn(B, n, H, dv),
+            k_slc=r.randn(B, T, H, dk), v_slc=r.randn(B, T, H, dv), k_win=r.randn(B, T, H, dk),
+            v_win=r.randn(B, T, H, dv), gates=r.gates(B, T, HQ, 3),
+        )
+        if case.mode == "fwd":
+            return Prepared(lambda: b.forward(inputs, cfg))
+        grad_o = r.randn(B, T, HQ, dv)
+        return Prepared(lambda: b.backward(inputs, cfg, b.forward(inputs, cfg), grad_o),
+                        note="forward then backward through the backend protocol")
+
+
+def _numpy_selection(case: Case, r: Any, device: str) -> Prepared:
+    from nsa_spec.reference.select import selected_attention
+
+    B, T, H = case.batch, case.seqlen, case.heads_kv
+    q, k, v = r.randn(B, T, case.heads_q, case.dk), r.randn(B, T, H, case.dk), r.randn(B, T, H, case.dv)
+    idx = _random_indices(case, case.blocks.n)
+    return Prepared(lambda: [selected_attention(q[b], k[b], v[b], idx[b], case.config) for b in range(B)])
+
+
+def _torch_selection(case: Case, r: Any, device: str) -> Prepared:
+    from nsa_torch.ops.select import selected_attention
+
+    torch = r.torch
+    B, T, HQ, H = case.batch, case.seqlen, case.heads_q, case.heads_kv
+    q = r.randn(B, T, H, HQ // H, case.dk)
+    k, v = r.randn(B, T, H, case.dk), r.randn(B, T, H, case.dv)
+    idx = torch.as_tensor(_random_indices(case, case.blocks.n), device=device)
+    pos = torch.arange(T, device=device)
+    scale = case.config.softmax_scale(case.dk)
+    return Prepared(lambda: selected_attention(q, k, v, idx, pos, case.config, scale),
+                    note="nsa_torch.ops.select.selected_attention on all T queries at once")
+
+
+SELECTION_STAGES: dict[str, Callable[[Case, Any, str], Prepared]] = {
+    "numpy": _numpy_selection,
+    "torch": _torch_selection,
+}
+
+
+# ---- dense baselines ----------------------------------------------------------------------------
+
+
+def _is_no_kernel(exc: BaseException) -> bool:
+    return "No available kernel" in str(exc) or "not supported" in str(exc).lower()
+
+
+class DenseTarget(Target):
+    """torch `scaled_dot_product_attention` with one SDPA backend forced (no fallback).
+
+    Prefill: dense causal attention, GQA expanded to HQ heads by `repeat_interleave` outside the
+    timed call (the gradient of the expanded K/V is what backward produces). Decode: one query
+    over S keys, no mask; native GQA (`enable_gqa=True`) when the backend accepts it, else
+    expanded, and the row's note says which.
+    """
+
+    kind = "dense"
+    modes = ("fwd", "fwdbwd", "decode")
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def _sdpa(self) -> tuple[Any, Any, Any]:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.functional import scaled_dot_product_attention
+
+        return scaled_dot_product_attention, sdpa_kernel, getattr(SDPBackend, DENSE_BACKENDS[self.name])
+
+    def unsupported(self, case: Case, device: str) -> str | None:
+        if importlib.util.find_spec("torch") is None:
+            return "torch is not installed"
+        if self.name != "sdpa-math" and device != "cuda":
+            return f"{self.name} needs a CUDA device (device={device})"
+        if self.name != "sdpa-math" and case.dtype not in ("bfloat16", "float16"):
+            return f"{self.name} needs bfloat16 or float16 (dtype={case.dtype})"
+        return None
+
+    def prepare(self, case: Case, device: str) -> Prepared:
+        sdpa, kernel, backend = self._sdpa()
+        r = _Torch(device, case.dtype)
+        B, T, HQ, H, dk, dv, G = (case.batch, case.seqlen, case.heads_q, case.heads_kv, case.dk,
+                                  case.dv, case.group_size)
+        if case.mode == "decode":
+            return self._decode(case, r, sdpa, kernel, backend)
+        q = r.randn(B, HQ, T, dk)
+        k = r.randn(B, H, T, dk).repeat_interleave(G, dim=1)
+        v = r.randn(B, H, T, dv).repeat_interleave(G, dim=1)
+        note = f"GQA expanded to {HQ} heads outside the timed call"
+        if case.mode == "fwd":
+            def fwd() -> Any:
+                with kernel(backend):
+                    return sdpa(q, k, v, is_causal=True)
+
+            return Prepared(fwd, note=note)
+        for x in (q, k, v):
+            x.requires_grad_(True)
+        grad_o = r.randn(B, HQ, T, dv)
+
+        def fwdbwd() -> Any:
+            with kernel(backend):
+                sdpa(q, k, v, is_causal=True).backward(grad_o)
+
+        return Prepared(fwdbwd, grad_to_none=[q, k, v], note=note)
+
+    def _decode(self, case: Case, r: _Torch, sdpa: Any, kernel: Any, backend: Any) -> Prepared:
+        B, S, HQ, H, G = case.batch, case.seqlen, case.heads_q, case.heads_kv, case.group_size
+        q = r.randn(B, HQ, 1, case.dk)
+        k, v = r.randn(B, H, S, case.dk), r.randn(B, H, S, case.dv)
+        try:
+            with kernel(backend):
+                sdpa(q, k, v, enable_gqa=True)
+        except RuntimeError as exc:
+            if not _is_no_kernel(exc):
+                raise
+            reason = str(exc).strip().splitlines()[0][:160]
+            k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
+
+            def expanded() -> Any:
+                with kernel(backend):
+                    return sdpa(q, k, v)
+
+            return Prepared(expanded, note=f"GQA expanded to {HQ} heads (enable_gqa refused: {reason})")
+
+        def native() -> Any:
+            with kernel(backend):
+                return sdpa(q, k, v, enable_gqa=True)
+
+        return Prepared(native, note="native GQA (enable_gqa=True)")
+
+
+# ---- fla-core ----------------------------------------------------------------------------------
+
+
+class FlaTarget(Target):
+    """fla-core's `fla.ops.nsa.parallel_nsa` (Triton), a public NSA kernel with its own config."""
+
+    kind = "external"
+    name = FLA_NAME
+    modes = ("fwd", "fwdbwd")
+    NOTE = (
+        "fla parallel_nsa: one shared k/v for every branch; compression is mean pooling with "
+        "l = d = l' (no overlap) inside the timed call; no sliding window (fla needs flash-attn "
+        "for it, absent); the FLOP/byte model is evaluated with those block sizes"
+    )
+
+    def unsupported(self, case: Case, device: str) -> str | None:
+        if importlib.util.find_spec("fla") is None:
+            return "fla-core is not installed (bench/README.md: carry its wheel)"
+        if device != "cuda":
+            return "fla parallel_nsa needs a CUDA device"
+        G = case.group_size
+        if G < 16 or G & (G - 1):
+            return f"fla parallel_nsa needs G = HQ/H a power of 2 >= 16: G={G}"
+        return None
+
+    def model_blocks(self, case: Case) -> cost.Blocks:
+        s = case.config.slc_len
+        return cost.Blocks(l=s, d=s, l_slc=s, n=case.config.top_n, w=0)
+
+    def prepare(self, case: Case, device: str) -> Prepared:
+        from fla.ops.nsa import parallel_nsa
+
+        r = _Torch(device, case.dtype)
+        B, T, HQ, H, cfg = case.batch, case.seqlen, case.heads_q, case.heads_kv, case.config
+        q, k, v = r.randn(B, T, HQ, case.dk), r.randn(B, T, H, case.dk), r.randn(B, T, H, case.dv)
+        g_cmp, g_slc = r.gates(B, T, HQ), r.gates(B, T, HQ)
+
+        def call() -> Any:
+            return parallel_nsa(q, k, v, g_cmp, g_slc, None, block_counts=cfg.top_n,
+                                block_size=cfg.slc_len, window_size=0)
+
+        if case.mode == "fwd":
+            return Prepared(call, note=self.NOTE)
+        for x in (q, k, v):
+            x.requires_grad_(True)
+        grad_o = r.randn(B, T, HQ, case.dv)
+        return Prepared(lambda: call().backward(grad_o), grad_to_none=[q, k, v], note=self.NOTE)
+
+
+def get(name: str) -> Target:
+    """The target called `name`: a dense baseline, fla, or a registered NSA backend."""
+    if name in DENSE_BACKENDS:
+        return DenseTarget(name)
+    if name == FLA_NAME:
+        return FlaTarget()
+    return NSATarget(name)
