@@ -100,5 +100,5 @@ def compressed_attention(
     k, v = k_cmp[:, :, :n_vis], v_cmp[:, :, :n_vis]
     positions = torch.arange(t0, t0 + C, device=q.device)
     allowed = cmp_visible(positions, n_vis, config)[None, :, None, None, :]
-    p, lse = attention_probs(q, k, allowed, scale)
+    p, lse = attention_probs(q, k, allowed, scale, may_be_empty=t0 + 1 < config.cmp_len)
     return torch.einsum("bchgs,bhsd->bchgd", p, v), lse, p

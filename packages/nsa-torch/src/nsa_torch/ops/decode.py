@@ -22,7 +22,14 @@ from nsa_torch.ops.attention import attend, attention_probs
 from nsa_torch.ops.combine import combine
 from nsa_torch.ops.compress import compress
 from nsa_torch.ops.nsa import compute_dtype, nsa_forward
-from nsa_torch.ops.select import importance_scores, overlap_rows, selected_attention, top_n
+from nsa_torch.ops.select import (
+    gather_tokens,
+    importance_scores,
+    overlap_rows,
+    selected_attention,
+    selected_keys,
+    top_n,
+)
 
 
 def empty_cache(batch: int, heads: int, dk: int, dv: int, dtype: torch.dtype = torch.float32,
@@ -94,10 +101,12 @@ def decode_attention(cache: DecodeCache, q: Tensor, gates: Tensor, config: NSACo
     positions = torch.full((1,), S - 1, device=q.device)
     rows = overlap_rows(k_cmp.shape[2], n_slc_blocks(S, config), config, qg)
     indices = top_n(importance_scores(p_cmp, rows), positions, config)
-    o_slc, lse_slc, slc_rows = selected_attention(
-        qg, cache.k_slc, cache.v_slc, indices, positions, config, scale,
+    block_ids, slc_rows = selected_keys(indices, positions, config)
+    o_slc, lse_slc = selected_attention(
+        qg, gather_tokens(cache.k_slc, block_ids, config), gather_tokens(cache.v_slc, block_ids, config),
+        slc_rows, scale,
     )
-    o_win, lse_win = attend(qg, k_win, v_win, every, scale)
+    o_win, lse_win = attend(qg, k_win, v_win, every, scale, may_be_empty=False)
 
     o = combine(o_cmp, o_slc, o_win, gates.to(work).reshape(B, 1, H, G, 3))
     reads = k_cmp.shape[2] + slc_rows.sum(dim=-1)[:, 0] + k_win.shape[2]

@@ -23,7 +23,15 @@ from torch.utils.checkpoint import checkpoint
 from nsa_torch.ops.attention import attention_probs
 from nsa_torch.ops.combine import combine
 from nsa_torch.ops.compress import cmp_visible, compress, compressed_attention
-from nsa_torch.ops.select import importance_scores, overlap_rows, selected_attention, top_n
+from nsa_torch.ops.select import (
+    gather_blocks,
+    importance_scores,
+    overlap_rows,
+    selected_attention,
+    selected_keys,
+    selection_blocks,
+    top_n,
+)
 from nsa_torch.ops.window import window_attention
 
 CHUNK_BYTES = 512 * 2**20
@@ -50,7 +58,7 @@ def _select(q: Tensor, t0: int, k_cmp: Tensor, rows: tuple[Tensor, Tensor], conf
     n_vis = min(n_cmp(t0 + C, config), k_cmp.shape[2])
     positions = torch.arange(t0, t0 + C, device=q.device)
     allowed = cmp_visible(positions, n_vis, config)[None, :, None, None, :]
-    p, _ = attention_probs(q, k_cmp[:, :, :n_vis], allowed, scale)
+    p, _ = attention_probs(q, k_cmp[:, :, :n_vis], allowed, scale, may_be_empty=t0 + 1 < config.cmp_len)
     return top_n(importance_scores(p, rows), positions, config)
 
 
@@ -62,7 +70,10 @@ def _chunk(q: Tensor, gates: Tensor, t0: int, k_cmp: Tensor, v_cmp: Tensor, k_sl
     positions = torch.arange(t0, t0 + q.shape[1], device=q.device)
     if indices is None:
         indices = top_n(importance_scores(p.detach(), rows), positions, config)
-    o_slc, lse_slc, _ = selected_attention(q, k_slc, v_slc, indices, positions, config, scale)
+    block_ids, allowed = selected_keys(indices, positions, config)
+    n_blocks = k_slc.shape[0] // (q.shape[0] * q.shape[2])  # k_slc is [B * H * n_blocks, l', dk]
+    k_sel, v_sel = (gather_blocks(x, block_ids, n_blocks) for x in (k_slc, v_slc))
+    o_slc, lse_slc = selected_attention(q, k_sel, v_sel, allowed, scale)
     o_win, lse_win = window_attention(q, k_win, v_win, t0, config, scale)
     o = combine(o_cmp, o_slc, o_win, gates)
     return o, torch.stack([lse_cmp, lse_slc, lse_win], dim=-1), indices
@@ -82,7 +93,7 @@ def _sequence(a: dict[str, Tensor], config: NSAConfig, indices: Tensor | None,
     k_cmp, v_cmp, k_win, v_win = (
         a[name].to(work).permute(0, 2, 1, 3).contiguous() for name in ("k_cmp", "v_cmp", "k_win", "v_win")
     )
-    k_slc, v_slc = a["k_slc"].to(work), a["v_slc"].to(work)
+    k_slc, v_slc = (selection_blocks(a[name].to(work), config) for name in ("k_slc", "v_slc"))
     rows = overlap_rows(k_cmp.shape[2], n_slc_blocks(T, config), config, qg)
     step = chunk_size(B, HQ, H, dk, dv, k_cmp.shape[2], config, qg.element_size(), chunk_bytes)
     differentiable = torch.is_grad_enabled() and any(x.requires_grad for x in a.values())

@@ -84,36 +84,54 @@ def top_n(scores: Tensor, positions: Tensor, config: NSAConfig) -> Tensor:
     return torch.where(chosen == n_blocks, -1, chosen)
 
 
-def selected_rows(
-    indices: Tensor, positions: Tensor, n_keys: int, config: NSAConfig
-) -> tuple[Tensor, Tensor]:
+def selected_keys(indices: Tensor, positions: Tensor, config: NSAConfig) -> tuple[Tensor, Tensor]:
     """Gather plan for each query's selected tokens.
 
-    indices [B, C, H, n] (-1 padded), positions [C] -> (rows to gather [B, C, H, n*l'], clamped
-    into 0 .. n_keys - 1, and allowed [B, C, H, n*l']: the row is in a selected block and <= t).
+    indices [B, C, H, n] (-1 padded), positions [C] -> (blocks to gather [B, C, H, n], clamped to
+    >= 0, and allowed [B, C, H, n*l']: the token is in a selected block and at a position <= t).
     """
     l_slc = config.slc_len
-    rows = (indices[..., None] * l_slc + torch.arange(l_slc, device=indices.device)).flatten(-2)
+    key_pos = (indices[..., None] * l_slc + torch.arange(l_slc, device=indices.device)).flatten(-2)
     valid = (indices >= 0).repeat_interleave(l_slc, dim=-1)
-    allowed = valid & (rows <= positions[None, :, None, None])
-    return rows.clamp(0, n_keys - 1), allowed
+    return indices.clamp(min=0), valid & (key_pos <= positions[None, :, None, None])
+
+
+def selection_blocks(x: Tensor, config: NSAConfig) -> Tensor:
+    """x [B, S, H, d] -> [B * H * n_blocks, l', d]: whole selection blocks, zero-padded at the end."""
+    B, S, H, D = x.shape
+    n_blocks = -(-S // config.slc_len)
+    x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, n_blocks * config.slc_len - S))
+    return x.permute(0, 2, 1, 3).reshape(B * H * n_blocks, config.slc_len, D)
+
+
+def gather_blocks(blocks: Tensor, block_ids: Tensor, n_blocks: int) -> Tensor:
+    """blocks [B * H * n_blocks, l', d], block_ids [B, C, H, n] -> [B, C, H, n * l', d]."""
+    B, C, H, n = block_ids.shape
+    base = (torch.arange(B, device=block_ids.device)[:, None, None, None] * H
+            + torch.arange(H, device=block_ids.device)[None, None, :, None]) * n_blocks
+    rows = blocks.index_select(0, (base + block_ids).flatten())
+    return rows.view(B, C, H, n * blocks.shape[1], blocks.shape[2])
+
+
+def gather_tokens(x: Tensor, block_ids: Tensor, config: NSAConfig) -> Tensor:
+    """Only the selected blocks' rows of x [B, S, H, d] (no copy of the rest; for decode).
+
+    block_ids [B, C, H, n] -> [B, C, H, n * l', d]; rows past S are clamped to S - 1 (masked).
+    """
+    B, _, H, _ = block_ids.shape
+    rows = block_ids[..., None] * config.slc_len + torch.arange(config.slc_len, device=x.device)
+    rows = rows.flatten(-2).clamp(max=x.shape[1] - 1)
+    b = torch.arange(B, device=x.device)[:, None, None, None]
+    h = torch.arange(H, device=x.device)[None, None, :, None]
+    return x[b, rows, h]
 
 
 def selected_attention(
-    q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, positions: Tensor,
-    config: NSAConfig, scale: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The selected branch: q [B, C, H, G, dk], k/v [B, S, H, d], indices [B, C, H, n].
+    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: float
+) -> tuple[Tensor, Tensor]:
+    """The selected branch over gathered keys: q [B, C, H, G, dk], k/v [B, C, H, n*l', d] (from
+    `gather_blocks` or `gather_tokens`), allowed [B, C, H, n*l'] from `selected_keys`.
 
-    Only the rows of the selected blocks are gathered (n*l' per query and kv head), then cast to
-    q's dtype. Returns o [B, C, H, G, dv], lse [B, C, H, G] and allowed [B, C, H, n*l'] (the
-    gathered rows that entered the softmax; decode counts its reads from it).
+    Returns o [B, C, H, G, dv] and lse [B, C, H, G].
     """
-    B, _, H, _ = indices.shape
-    rows, allowed = selected_rows(indices, positions, k_slc.shape[1], config)
-    b = torch.arange(B, device=q.device)[:, None, None, None]
-    h = torch.arange(H, device=q.device)[None, None, :, None]
-    k = k_slc[b, rows, h].to(q.dtype)  # [B, C, H, n*l', dk]
-    v = v_slc[b, rows, h].to(q.dtype)  # [B, C, H, n*l', dv]
-    o, lse = attend(q, k, v, allowed[:, :, :, None, :], scale)
-    return o, lse, allowed
+    return attend(q, k.to(q.dtype), v.to(q.dtype), allowed[:, :, :, None, :], scale)

@@ -26,4 +26,5 @@ def window_attention(
     lo, hi = max(0, t0 - config.window + 1), t0 + C
     positions = torch.arange(t0, hi, device=q.device)
     allowed = window_mask(positions, torch.arange(lo, hi, device=q.device), config)
-    return attend(q, k_win[:, :, lo:hi], v_win[:, :, lo:hi], allowed[None, :, None, None, :], scale)
+    k, v = k_win[:, :, lo:hi], v_win[:, :, lo:hi]
+    return attend(q, k, v, allowed[None, :, None, None, :], scale, may_be_empty=False)
