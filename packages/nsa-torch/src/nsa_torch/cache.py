@@ -20,11 +20,14 @@ class NSACache:
     """Decode state of one layer; make one per layer and pass it to every call of that layer.
 
     Empty at first: the layer's first call with it is a prefill (any number of tokens), every
-    later call appends one token. `length` is the number of tokens seen (the next position).
+    later call appends one token. `length` is the number of tokens seen (the next position);
+    `reads` [B, H] the tokens the last decode step read per (batch, kv head), as measured by
+    the backend from its gathers (None before the first decode step).
     """
 
     def __init__(self) -> None:
         self.state: DecodeCache | None = None
+        self.reads: Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -34,6 +37,7 @@ class NSACache:
     def reset(self) -> None:
         """Forget every token."""
         self.state = None
+        self.reads = None
 
     def fill(self, k_raw: Tensor, v_raw: Tensor, k_cmp: Tensor, v_cmp: Tensor, k_slc: Tensor,
              v_slc: Tensor, k_win: Tensor, v_win: Tensor, config: NSAConfig) -> None:

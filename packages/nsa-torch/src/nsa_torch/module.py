@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 from nsa_spec.config import NSAConfig
+from nsa_spec.contract import NSAOutput
 from nsa_spec.errors import InvalidInputError
 from torch import Tensor, nn
 
@@ -99,12 +100,16 @@ class NSAAttention(nn.Module):
         gates = gate_activation(self.gate(x).view(B, T, self.num_heads, 3), self.config.gate)
         return q, kv, gates
 
-    def forward(self, x: Tensor, cache: NSACache | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, cache: NSACache | None = None, return_aux: bool = False
+    ) -> Tensor | tuple[Tensor, NSAOutput]:
         """x [B, T, d_model] -> [B, T, d_model].
 
         Without `cache`: causal NSA over the T tokens (positions 0..T-1). With an empty `cache`:
         the same, and the cache is filled. With a non-empty `cache`: x must hold one token, at
-        position `cache.length`; it is appended and attends over the cache.
+        position `cache.length`; it is appended and attends over the cache (`cache.reads` then
+        holds the tokens that step read). With `return_aux`, also returns the attention's
+        `NSAOutput` (o before the output projection, per-branch lse, selected block indices).
         """
         if x.dim() != 3 or x.shape[1] < 1:
             raise InvalidInputError(
@@ -121,23 +126,27 @@ class NSAAttention(nn.Module):
         q, kv, gates = self.streams(x, positions)
         (k_raw, v_raw), (k_slc, v_slc), (k_win, v_win) = (kv[b] for b in BRANCHES)
         if start:
-            o = self._decode(cache, q, k_raw, v_raw, k_slc, v_slc, k_win, v_win, gates)
+            aux = self._decode(cache, q, k_raw, v_raw, k_slc, v_slc, k_win, v_win, gates)
         else:
             k_cmp = self.phi_k(cmp_blocks(k_raw, self.config))
             v_cmp = self.phi_v(cmp_blocks(v_raw, self.config))
-            o = nsa_attention(
-                q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates, self.config, backend=self.backend
+            aux = nsa_attention(
+                q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates, self.config, backend=self.backend,
+                return_aux=True,
             )
             if cache is not None:
                 cache.fill(k_raw, v_raw, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, self.config)
-        return self.o_proj(o.reshape(B, T, self.num_heads * self.v_head_dim))
+        y = self.o_proj(aux.o.reshape(B, T, self.num_heads * self.v_head_dim))
+        return (y, aux) if return_aux else y
 
     def _decode(self, cache: NSACache, q: Tensor, k_raw: Tensor, v_raw: Tensor, k_slc: Tensor,
-                v_slc: Tensor, k_win: Tensor, v_win: Tensor, gates: Tensor) -> Tensor:
+                v_slc: Tensor, k_win: Tensor, v_win: Tensor, gates: Tensor) -> NSAOutput:
         with torch.no_grad():
             state = cache.append(
                 k_raw, v_raw, k_slc, v_slc, k_win, v_win, self.config, self.phi_k, self.phi_v
             )
             problem = problem_for("decode", q, self.num_kv_heads, self.v_head_dim, self.config)
             backend = backend_for(problem, self.backend, needs_backward=False)
-            return backend.decode(state, q, gates, self.config).out.o
+            result = backend.decode(state, q, gates, self.config)
+        cache.reads = result.reads
+        return result.out
