@@ -49,3 +49,18 @@ def spec(session: nox.Session) -> None:
     """nsa-spec's own tests: block math, reference, counters, gradients, contract."""
     session.install(*CONSTRAINTS, SPEC, *TEST_DEPS)
     session.run("pytest", "packages/nsa-spec/tests", *session.posargs)
+
+
+# ruff lets mkdocstrings format signatures; websocket-client drives Chromium in the browser check.
+DOCS_DEPS = (
+    "mkdocs-material>=9.5", "mkdocstrings-python>=1.10", "ruff>=0.6", "pytest>=8", "websocket-client>=1.6"
+)
+
+
+@nox.session(tags=["ci"])
+def docs(session: nox.Session) -> None:
+    """The spec site: `mkdocs build --strict`, then its tests (snippets, API coverage, Chromium render)."""
+    packages = [f"-e./{p}" for p in ("packages/nsa-torch", "conformance") if os.path.isdir(p)]
+    session.install(*CONSTRAINTS, SPEC, *packages, *DOCS_DEPS)
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
+    session.run("pytest", "docs/tests", *session.posargs)
