@@ -51,6 +51,13 @@ def spec(session: nox.Session) -> None:
     session.run("pytest", "packages/nsa-spec/tests", *session.posargs)
 
 
+@nox.session(tags=["ci"])
+def bench(session: nox.Session) -> None:
+    """bench/tests on the CPU: the FLOP/byte model, CSV and threshold logic, the runner at tiny sizes."""
+    session.install(*CONSTRAINTS, "-e./packages/nsa-spec", "torch", "matplotlib>=3.7", *TEST_DEPS)
+    session.run("pytest", "bench/tests", *session.posargs)
+
+
 # ruff lets mkdocstrings format signatures; websocket-client drives Chromium in the browser check.
 DOCS_DEPS = (
     "mkdocs-material>=9.5", "mkdocstrings-python>=1.10", "ruff>=0.6", "pytest>=8", "websocket-client>=1.6"

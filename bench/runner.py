@@ -100,7 +100,8 @@ def run_case(case: Case, target: targets.Target, device: str, budget_s: float, s
     prepared = None
     try:
         prepared = target.prepare(case, device)
-        measured = timing.measure(prepared.fn, device, budget_s, prepared.grad_to_none)
+        with prepared.context():
+            measured = timing.measure(prepared.fn, device, budget_s, prepared.grad_to_none)
         series.last = (flops, measured.estimate_s)
         return make_row(case, target, "ok", measured=measured, note=prepared.note, commit=commit)
     except UnsupportedError as exc:

@@ -8,6 +8,7 @@ allocation, why a target cannot run a case (None when it can).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,11 +29,15 @@ SEED = 20250216
 
 @dataclass
 class Prepared:
-    """A thunk to time, the tensors whose .grad the timer resets, and a note for the results."""
+    """A thunk to time, the tensors whose .grad the timer resets, a note for the results, and a
+    factory of the context the runner enters around the whole measurement (entering it per call
+    can cost more than a small kernel: torch's `sdpa_kernel` takes tens of milliseconds on the
+    CPU build)."""
 
     fn: Callable[[], Any]
     grad_to_none: list[Any] = field(default_factory=list)
     note: str = ""
+    context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
 
 class Target:
@@ -269,51 +274,35 @@ class DenseTarget(Target):
         B, T, HQ, H, dk, dv, G = (case.batch, case.seqlen, case.heads_q, case.heads_kv, case.dk,
                                   case.dv, case.group_size)
         if case.mode == "decode":
-            return self._decode(case, r, sdpa, kernel, backend)
+            return self._decode(case, r, sdpa, lambda: kernel(backend))
         q = r.randn(B, HQ, T, dk)
         k = r.randn(B, H, T, dk).repeat_interleave(G, dim=1)
         v = r.randn(B, H, T, dv).repeat_interleave(G, dim=1)
         note = f"GQA expanded to {HQ} heads outside the timed call"
         if case.mode == "fwd":
-            def fwd() -> Any:
-                with kernel(backend):
-                    return sdpa(q, k, v, is_causal=True)
-
-            return Prepared(fwd, note=note)
+            return Prepared(lambda: sdpa(q, k, v, is_causal=True), note=note, context=lambda: kernel(backend))
         for x in (q, k, v):
             x.requires_grad_(True)
         grad_o = r.randn(B, HQ, T, dv)
+        return Prepared(lambda: sdpa(q, k, v, is_causal=True).backward(grad_o), grad_to_none=[q, k, v],
+                        note=note, context=lambda: kernel(backend))
 
-        def fwdbwd() -> Any:
-            with kernel(backend):
-                sdpa(q, k, v, is_causal=True).backward(grad_o)
-
-        return Prepared(fwdbwd, grad_to_none=[q, k, v], note=note)
-
-    def _decode(self, case: Case, r: _Torch, sdpa: Any, kernel: Any, backend: Any) -> Prepared:
+    def _decode(self, case: Case, r: _Torch, sdpa: Any, context: Any) -> Prepared:
         B, S, HQ, H, G = case.batch, case.seqlen, case.heads_q, case.heads_kv, case.group_size
         q = r.randn(B, HQ, 1, case.dk)
         k, v = r.randn(B, H, S, case.dk), r.randn(B, H, S, case.dv)
         try:
-            with kernel(backend):
+            with context():
                 sdpa(q, k, v, enable_gqa=True)
         except RuntimeError as exc:
             if not _is_no_kernel(exc):
                 raise
             reason = str(exc).strip().splitlines()[0][:160]
             k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
-
-            def expanded() -> Any:
-                with kernel(backend):
-                    return sdpa(q, k, v)
-
-            return Prepared(expanded, note=f"GQA expanded to {HQ} heads (enable_gqa refused: {reason})")
-
-        def native() -> Any:
-            with kernel(backend):
-                return sdpa(q, k, v, enable_gqa=True)
-
-        return Prepared(native, note="native GQA (enable_gqa=True)")
+            return Prepared(lambda: sdpa(q, k, v), context=context,
+                            note=f"GQA expanded to {HQ} heads (enable_gqa refused: {reason})")
+        return Prepared(lambda: sdpa(q, k, v, enable_gqa=True), context=context,
+                        note="native GQA (enable_gqa=True)")
 
 
 # ---- fla-core ----------------------------------------------------------------------------------
