@@ -35,7 +35,7 @@ SPEC_PAGES = [
     "spec/", "spec/notation/", "spec/compression/", "spec/selection/", "spec/selected/",
     "spec/window/", "spec/gates/", "spec/causality/", "spec/decode/", "spec/numerics/",
 ]
-OTHER_PAGES = ["", "spec/errors/", "backends/", "backends/write-your-own/", "api/", "benchmarks/"]
+OTHER_PAGES = ["", "spec/errors/", "torch/", "backends/", "backends/write-your-own/", "api/", "benchmarks/"]
 TIMEOUT_S = 20.0
 
 # In the page: how many .arithmatex elements exist, how many hold a rendered .katex, whether the
