@@ -118,8 +118,14 @@ def _expect(name: str, shape: tuple[int, ...], expected: tuple[int, ...], rule: 
         raise InvalidInputError(f"{name} must have shape {expected} ({rule}): {name}.shape={shape}")
 
 
-def validate_inputs(inputs: NSAInputs, config: NSAConfig) -> tuple[int, int, int, int, int, int, int]:
-    """Check every shape rule of the contract; return (B, T, HQ, H, G, dk, dv)."""
+def validate_inputs(
+    inputs: NSAInputs, config: NSAConfig, raw_cmp: bool = False
+) -> tuple[int, int, int, int, int, int, int]:
+    """Check every shape rule of the contract; return (B, T, HQ, H, G, dk, dv).
+
+    With `raw_cmp`, the k_cmp/v_cmp fields hold the raw cmp stream k_raw/v_raw [B, T, H, .]
+    (before phi) and are checked, and named in errors, as such.
+    """
     B, T, HQ, dk = _shape("q", inputs.q, 4)
     if min(B, T, HQ, dk) < 1:
         raise InvalidInputError(f"q must have non-empty dims [B, T, HQ, dk]: q.shape={(B, T, HQ, dk)}")
@@ -156,6 +162,10 @@ def validate_inputs(inputs: NSAInputs, config: NSAConfig) -> tuple[int, int, int
                 f"cu_seqlens={cu.tolist()}"
             )
         N = int(cmp_cu_seqlens(cu, config)[-1])
+    if raw_cmp:
+        _expect("k_raw", _shape("k_raw", inputs.k_cmp, 4), (B, T, H, dk), "[B, T, H, dk], the raw cmp stream")
+        _expect("v_raw", _shape("v_raw", inputs.v_cmp, 4), (B, T, H, dv), "[B, T, H, dv], the raw cmp stream")
+        return B, T, HQ, H, HQ // H, dk, dv
     _expect("k_cmp", _shape("k_cmp", inputs.k_cmp, 4), (B, N, H, dk), "[B, N_cmp(T), H, dk]")
     _expect("v_cmp", _shape("v_cmp", inputs.v_cmp, 4), (B, N, H, dv), "[B, N_cmp(T), H, dv]")
     return B, T, HQ, H, HQ // H, dk, dv

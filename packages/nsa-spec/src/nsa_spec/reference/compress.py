@@ -13,7 +13,7 @@ phi variants, by name in `PHIS` (add your own with `register_phi`):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,9 @@ Phi = Callable[[Any, Any, Any], Any]
 def phi_mean(blocks: Any, params: Any, xp: Any = np) -> Any:
     """Average pooling: blocks [B, N, l, H, D] -> [B, N, H, D]. `params` must be None."""
     if params is not None:
-        raise InvalidInputError("phi 'mean' takes no parameters: phi_params must be None")
+        raise InvalidInputError(
+            f"phi 'mean' takes no parameters: phi_params must be None, got {type(params).__name__}"
+        )
     return xp.mean(blocks, axis=2)
 
 
@@ -61,6 +63,19 @@ def register_phi(name: str, phi: Phi) -> None:
     if name in PHIS:
         raise InvalidInputError(f"phi name must be new: phi={name!r} is already registered")
     PHIS[name] = phi
+
+
+def split_phi_params(phi_params: Any) -> tuple[Any, Any]:
+    """phi's key and value parameters from `phi_params` = {"k": ..., "v": ...}, or (None, None)."""
+    if phi_params is None:
+        return None, None
+    if not isinstance(phi_params, Mapping) or not {"k", "v"} <= set(phi_params):
+        got = sorted(phi_params) if isinstance(phi_params, Mapping) else type(phi_params).__name__
+        raise InvalidInputError(
+            f"phi_params must be None or a mapping with keys 'k' and 'v' (phi's key and value "
+            f"parameters): phi_params={got}"
+        )
+    return phi_params["k"], phi_params["v"]
 
 
 def init_mlp_params(rng: np.random.Generator, l: int, dim: int, hidden: int) -> dict[str, np.ndarray]:

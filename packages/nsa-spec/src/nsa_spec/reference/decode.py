@@ -18,7 +18,7 @@ from nsa_spec.contract import DecodeCache, DecodeResult, NSAOutput
 from nsa_spec.errors import InvalidInputError
 from nsa_spec.reference.attention import attend, attention_probs
 from nsa_spec.reference.combine import combine
-from nsa_spec.reference.compress import compress
+from nsa_spec.reference.compress import compress, split_phi_params
 from nsa_spec.reference.nsa import nsa_forward
 from nsa_spec.reference.select import importance_scores, top_n
 
@@ -40,17 +40,24 @@ def append(
     config: NSAConfig, phi: str = "mean", phi_params: Any = None,
 ) -> DecodeCache:
     """Append one token per sequence (each array [B, 1, H, .]); emit a compressed token on schedule."""
-    for name, x in (("k_raw", k_raw), ("k_slc", k_slc), ("k_win", k_win)):
-        if x.shape[1] != 1:
-            raise InvalidInputError(f"{name} must hold one token, [B, 1, H, dk]: {name}.shape={x.shape}")
+    B, _, H, dk = cache.k_slc.shape
+    dv = cache.v_slc.shape[3]
+    tokens = {"k_raw": k_raw, "v_raw": v_raw, "k_slc": k_slc, "v_slc": v_slc, "k_win": k_win, "v_win": v_win}
+    for name, x in tokens.items():
+        dim = "dk" if name.startswith("k") else "dv"
+        expected = (B, 1, H, dk if dim == "dk" else dv)
+        if tuple(np.shape(x)) != expected:
+            raise InvalidInputError(
+                f"{name} must hold one token per sequence, [B, 1, H, {dim}] = {list(expected)} like the "
+                f"cache: {name}.shape={tuple(np.shape(x))}"
+            )
+    pk, pv = split_phi_params(phi_params)
     raw_k = np.concatenate([cache.k_raw, k_raw], axis=1)
     raw_v = np.concatenate([cache.v_raw, v_raw], axis=1)
     S = cache.length + 1
     k_cmp, v_cmp = cache.k_cmp, cache.v_cmp
     if emits(S, config):
         tail = slice(S - config.cmp_len, S)
-        pk = None if phi_params is None else phi_params["k"]
-        pv = None if phi_params is None else phi_params["v"]
         k_cmp = np.concatenate([k_cmp, compress(raw_k[:, tail], config, phi, pk)], axis=1)
         v_cmp = np.concatenate([v_cmp, compress(raw_v[:, tail], config, phi, pv)], axis=1)
     win = slice(-config.window, None)
@@ -68,8 +75,18 @@ def decode_attention(cache: DecodeCache, q: Any, gates: Any, config: NSAConfig) 
     S = cache.length
     if S < 1:
         raise InvalidInputError("cache must hold at least one token: cache.length=0")
-    B, _, HQ, dk = q.shape
-    H = cache.k_slc.shape[2]
+    B, _, H, dk = cache.k_slc.shape
+    q_shape = tuple(np.shape(q))
+    if len(q_shape) != 4 or q_shape[:2] != (B, 1) or q_shape[3] != dk or q_shape[2] < 1 or q_shape[2] % H:
+        raise InvalidInputError(
+            f"q must have shape [B, 1, HQ, dk] = [{B}, 1, HQ, {dk}] with HQ a multiple of the "
+            f"cache's H={H}: q.shape={q_shape}"
+        )
+    HQ = q_shape[2]
+    if tuple(np.shape(gates)) != (B, 1, HQ, 3):
+        raise InvalidInputError(
+            f"gates must have shape [B, 1, HQ, 3] = {[B, 1, HQ, 3]}: gates.shape={tuple(np.shape(gates))}"
+        )
     G = HQ // H
     scale = config.softmax_scale(dk)
     outs, lses, idxs, reads = [], [], [], []
@@ -125,8 +142,7 @@ def prefill(
 ) -> tuple[NSAOutput, DecodeCache]:
     """Attend over a whole prompt and return the cache decode continues from."""
     out = nsa_forward(q, k_raw, v_raw, k_slc, v_slc, k_win, v_win, gates, config, phi, phi_params)
-    pk = None if phi_params is None else phi_params["k"]
-    pv = None if phi_params is None else phi_params["v"]
+    pk, pv = split_phi_params(phi_params)
     win = slice(-config.window, None)
     cache = DecodeCache(
         np.asarray(k_raw), np.asarray(v_raw),

@@ -15,7 +15,7 @@ from nsa_spec.blocks import cmp_cu_seqlens, n_slc_blocks
 from nsa_spec.config import NSAConfig
 from nsa_spec.contract import NSAInputs, NSAOutput, validate_inputs
 from nsa_spec.reference.combine import combine
-from nsa_spec.reference.compress import compress, compressed_attention
+from nsa_spec.reference.compress import compress, compressed_attention, split_phi_params
 from nsa_spec.reference.select import importance_scores, selected_attention, top_n
 from nsa_spec.reference.window import window_attention
 
@@ -78,8 +78,9 @@ def compress_inputs(
     `phi_params` is {"k": params, "v": params} for a parametrised phi, None for `mean`.
     Packed sequences (`cu_seqlens`) are compressed one by one: no block spans two sequences.
     """
-    pk = None if phi_params is None else phi_params["k"]
-    pv = None if phi_params is None else phi_params["v"]
+    raw = NSAInputs(q, k_raw, v_raw, k_slc, v_slc, k_win, v_win, gates, cu_seqlens)
+    validate_inputs(raw, config, raw_cmp=True)
+    pk, pv = split_phi_params(phi_params)
     if cu_seqlens is None:
         k_cmp = compress(k_raw, config, phi, pk, xp)
         v_cmp = compress(v_raw, config, phi, pv, xp)
