@@ -54,8 +54,9 @@ def _is_public_module(name: str, member: griffe.Object | griffe.Alias) -> bool:
 
 
 def _public_modules(module: griffe.Module) -> list[griffe.Module]:
+    """The module and its public submodules, depth first, each level sorted by name."""
     out = [module]
-    for name, member in module.members.items():
+    for name, member in sorted(module.members.items()):
         if _is_public_module(name, member):
             out.extend(_public_modules(member))
     return out
@@ -87,7 +88,7 @@ def _module_page(module: griffe.Module) -> str:
         lines += ["| name | defined in |", "|---|---|"]
         lines += [f"| [`{n}`][{t}] | `{t.rsplit('.', 1)[0]}` |" for n, t in sorted(reexported.items())]
         lines.append("")
-    submodules = [m for n, m in module.members.items() if _is_public_module(n, m)]
+    submodules = [m for n, m in sorted(module.members.items()) if _is_public_module(n, m)]
     if submodules:
         lines += ["Modules:", ""]
         lines += [f"- [`{m.path}`]({m.path}.md): {_summary(m)}" for m in submodules]
