@@ -68,6 +68,17 @@ class Case:
         return {"k": init_mlp_params(rng, l, self.dk, 5), "v": init_mlp_params(rng, l, self.dv, 5)}
 
 
+# The oracle runs under JAX op by op, and XLA compiles every new (primitive, shape) pair, which
+# costs seconds per new problem shape on CI's 2 cores. So the shapes come from a short list (each
+# compiles once) while Hypothesis varies phi, the data and the output cotangent; other tests that
+# call the gradient oracle reuse them. Both configs
+# make the 19-token sequences select among several blocks, with T not a multiple of any size.
+GRAD_CASES = [
+    Case(NSAConfig(cmp_len=4, cmp_stride=2, slc_len=4, top_n=4, window=5), B=2, T=19, HQ=4, H=2, dk=3, dv=2),
+    Case(NSAConfig(cmp_len=2, cmp_stride=1, slc_len=3, top_n=3, window=2), B=1, T=11, HQ=2, H=1, dk=2, dv=3),
+]
+
+
 @st.composite
 def configs(draw: st.DrawFn, max_window: int = 40) -> NSAConfig:
     """Valid small configs: l in {4, 8, 16}, d | l, l' a multiple of d in [l, 24], n in 3..6."""

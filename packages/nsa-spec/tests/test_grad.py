@@ -12,25 +12,14 @@ import dataclasses
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
-from nsa_spec import NSAConfig
 from nsa_spec.grad import nsa_attention_grads, nsa_forward_grads
 from nsa_spec.reference import compress_inputs, nsa_attention, nsa_forward
-from spec_cases import STREAMS, Case, heavy
+from spec_cases import GRAD_CASES, STREAMS, Case, heavy
 
 H_STEP = 1e-5
 # Central differences err by ~h^2 |L'''| ~ 1e-10 and rounding by ~eps |L| / h ~ 1e-9 here;
 # a wrong or missing gradient term is O(1).
 TOL = 1e-6
-
-
-# The oracle runs under JAX op by op, and XLA compiles every new (primitive, shape) pair, which
-# costs seconds per new problem shape on CI's 2 cores. So the shapes come from a short list (each
-# compiles once) while Hypothesis varies phi, the data and the output cotangent. Both configs
-# make the 19-token sequences select among several blocks, with T not a multiple of any size.
-GRAD_CASES = [
-    Case(NSAConfig(cmp_len=4, cmp_stride=2, slc_len=4, top_n=4, window=5), B=2, T=19, HQ=4, H=2, dk=3, dv=2),
-    Case(NSAConfig(cmp_len=2, cmp_stride=1, slc_len=3, top_n=3, window=2), B=1, T=11, HQ=2, H=1, dk=2, dv=3),
-]
 
 
 @st.composite
