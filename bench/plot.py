@@ -73,12 +73,13 @@ def plot_csv(csv_path: Path) -> Path | None:
 
 
 def plot_all(paths: list[Path]) -> list[Path]:
-    """Plot each CSV given, or each CSV under each folder given; return the PNGs written."""
+    """Plot each results CSV given or under each folder given (other CSVs are left alone);
+    return the PNGs written."""
     csvs = []
     for p in paths:
         csvs.extend(sorted(p.rglob("*.csv")) if p.is_dir() else [p])
     out = []
-    for csv_path in csvs:
+    for csv_path in filter(results.is_results_csv, csvs):
         png = plot_csv(csv_path)
         if png is not None:
             out.append(png)

@@ -101,6 +101,12 @@ def _parse(value: str, column: str) -> Any:
     return value
 
 
+def is_results_csv(path: Path) -> bool:
+    """Whether `path` is a CSV this package wrote (its header is `COLUMNS`)."""
+    with open(path, newline="") as f:
+        return tuple(next(csv.reader(f), ())) == COLUMNS
+
+
 def read_csv(path: Path) -> list[dict[str, Any]]:
     """Rows of a results CSV, numbers parsed, empty cells as None."""
     with open(path, newline="") as f:
@@ -123,7 +129,11 @@ def _merge(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[st
 
 def write(workload: str, rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path | None = None,
           date: str | None = None) -> tuple[Path, Path]:
-    """Write (merging with today's files) <dir>/<gpu>/<workload>-<date>.{json,csv}; return the paths."""
+    """Write (merging with today's files) <dir>/<gpu>/<workload>-<date>.{json,csv}; return the paths.
+
+    Rows replace earlier rows of the same backend and case; `meta` replaces an earlier run entry
+    with the same "started" time (a run writes after each target, so an interrupted run keeps
+    what it finished)."""
     folder = (out_dir or RESULTS_DIR) / slug(meta["gpu"])
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{workload}-{date or dt.date.today().isoformat()}"
@@ -132,7 +142,7 @@ def write(workload: str, rows: list[dict[str, Any]], meta: dict[str, Any], out_d
     if json_path.exists():
         previous = json.loads(json_path.read_text())
         rows = _merge(previous["rows"], rows)
-        runs = previous["runs"]
+        runs = [r for r in previous["runs"] if r.get("started") != meta.get("started")]
     fill_speedups(rows)
     runs.append(meta)
     json_path.write_text(json.dumps({"workload": workload, "runs": runs, "rows": rows}, indent=1) + "\n")

@@ -129,6 +129,7 @@ def run(
     """Gate the NSA targets, time every case of every workload, write the files; rows by workload."""
     meta = results.environment(device)
     meta["budget_s"] = budget_s
+    meta["started"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     chosen = [targets.get(n) for n in target_names]
     refused: dict[str, str] = {}
     meta["gates"] = {}
@@ -156,7 +157,7 @@ def run(
                 _log(f"{name} {t.name} {case.case_id}: {row['status']} "
                      f"{row['time_ms'] if row['time_ms'] is not None else row['reason']}")
                 rows.append(row)
-        json_path, csv_path = results.write(name, rows, meta, out_dir)
+            json_path, csv_path = results.write(name, rows, meta, out_dir)
         _log(f"wrote {json_path} and {csv_path}")
         results.fill_speedups(rows)
         out[name] = rows
