@@ -40,7 +40,7 @@ def test_speedups_use_best_dense_of_the_same_case():
 
 
 def test_write_read_merge(tmp_path):
-    meta = {"gpu": "NVIDIA H100 80GB HBM3", "commit": "abc"}
+    meta = {"gpu": "NVIDIA H100 80GB HBM3", "commit": "abc", "started": "t1"}
     first = [_row("sdpa-cudnn", "dense", "a", 4.0), _row("torch", "nsa", "a", 8.0)]
     j, c = results.write("prefill-paper", first, meta, tmp_path, date="2026-11-27")
     assert j == tmp_path / "nvidia-h100-80gb-hbm3" / "prefill-paper-2026-11-27.json"
@@ -48,11 +48,15 @@ def test_write_read_merge(tmp_path):
     assert back[1]["time_ms"] == 8.0 and back[1]["speedup_vs_dense"] == 0.5
     assert back[0]["batch"] == 1 and back[0]["selected"] is None and back[0]["note"] == "n, with comma"
     # A second run replaces torch's row for case a and keeps the baseline.
-    results.write("prefill-paper", [_row("torch", "nsa", "a", 2.0)], meta, tmp_path, date="2026-11-27")
+    results.write("prefill-paper", [_row("torch", "nsa", "a", 2.0)], {**meta, "started": "t2"}, tmp_path,
+                  date="2026-11-27")
     back = results.read_csv(c)
     assert [(r["backend"], r["time_ms"], r["speedup_vs_dense"]) for r in back] == [
         ("sdpa-cudnn", 4.0, 1.0), ("torch", 2.0, 2.0)]
-    assert len(json.loads(j.read_text())["runs"]) == 2
+    assert [r["started"] for r in json.loads(j.read_text())["runs"]] == ["t1", "t2"]
+    # The same run writing again (after its next backend) replaces its own entry.
+    results.write("prefill-paper", [], {**meta, "started": "t2"}, tmp_path, date="2026-11-27")
+    assert [r["started"] for r in json.loads(j.read_text())["runs"]] == ["t1", "t2"]
 
 
 def test_table_lists_timed_rows_and_summarises_the_rest():
