@@ -36,15 +36,18 @@ class TorchBackend:
     )
 
     def unavailable_reason(self) -> str | None:
+        """None: torch imported, so the backend runs (CUDA problems are checked per problem)."""
         return None
 
     def not_supported_reasons(self, problem: Problem) -> list[str]:
+        """The capability rules `problem` breaks, plus a missing CUDA device."""
         reasons = self.capabilities.reasons(problem)
         if problem.device == "cuda" and not torch.cuda.is_available():
             reasons.append("device='cuda' but torch.cuda.is_available() is False on this machine")
         return reasons
 
     def forward(self, inputs: NSAInputs, config: NSAConfig) -> NSAOutput:
+        """o, lse and selected indices, without autograd."""
         with torch.no_grad():
             return nsa_attention(inputs, config)
 
@@ -60,13 +63,16 @@ class TorchBackend:
         return NSAGrads(**{n: torch.zeros_like(x) if g is None else g for (n, x), g in pairs})
 
     def decode(self, cache: DecodeCache, q: Any, gates: Any, config: NSAConfig) -> DecodeResult:
+        """Attend from the newest cached token; reads counted from the rows gathered."""
         with torch.no_grad():
             return decode_attention(cache, q, gates, config)
 
     def asarray(self, x: np.ndarray, dtype: str, device: str) -> torch.Tensor:
+        """A NumPy array as a torch tensor of `dtype` on `device`."""
         return torch.as_tensor(np.asarray(x)).to(device=device, dtype=getattr(torch, dtype))
 
     def to_numpy(self, x: Any) -> np.ndarray:
+        """A tensor as a NumPy array (bfloat16 widened to float32)."""
         x = x.detach().cpu()
         if x.dtype == torch.bfloat16:
             x = x.float()

@@ -151,6 +151,7 @@ def decode_reads(length: int, config: NSAConfig, seed: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Write the selection figure and print the decode read table (see the module docstring)."""
     parser = argparse.ArgumentParser(description="Draw NSA's block selection and count decode reads.")
     parser.add_argument("--out", type=Path, default=Path("demo-out/selection.png"))
     parser.add_argument("--tokens", type=int, default=4096)

@@ -46,8 +46,14 @@ def nsa_attention(
     """NSA attention after projections, RoPE and phi (DESIGN.md, the kernel contract).
 
     Args:
-        q: [B, T, HQ, dk]. k_cmp/v_cmp: [B, N_cmp(T), H, dk|dv] compressed tokens.
-        k_slc/v_slc, k_win/v_win: [B, T, H, dk|dv]. gates: [B, T, HQ, 3] activated gate values.
+        q: [B, T, HQ, dk] queries.
+        k_cmp: [B, N_cmp(T), H, dk] compressed keys.
+        v_cmp: [B, N_cmp(T), H, dv] compressed values.
+        k_slc: [B, T, H, dk] keys of the selected branch.
+        v_slc: [B, T, H, dv] values of the selected branch.
+        k_win: [B, T, H, dk] keys of the sliding branch.
+        v_win: [B, T, H, dv] values of the sliding branch.
+        gates: [B, T, HQ, 3] activated gate values (branch order cmp, slc, win).
         config: block sizes (`nsa_spec.NSAConfig`).
         cu_seqlens: int [n_seq + 1] offsets of packed sequences (B must be 1).
         backend: a backend name, or None for the highest-priority one that supports the call

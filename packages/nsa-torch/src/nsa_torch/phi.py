@@ -22,6 +22,7 @@ class MeanPhi(nn.Module):
     """Average pooling over the l tokens of a block; no parameters."""
 
     def forward(self, blocks: Tensor) -> Tensor:
+        """blocks [B, N, l, H, D] -> [B, N, H, D]."""
         return blocks.mean(dim=2)
 
 
@@ -40,6 +41,7 @@ class MLPPhi(nn.Module):
         self.b2 = nn.Parameter(torch.zeros(dim))
 
     def forward(self, blocks: Tensor) -> Tensor:
+        """blocks [B, N, l, H, D] -> [B, N, H, D]."""
         return phi_mlp(blocks, {"pos": self.pos, "w1": self.w1, "b1": self.b1, "w2": self.w2, "b2": self.b2})
 
 
