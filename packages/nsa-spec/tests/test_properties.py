@@ -8,14 +8,17 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from nsa_spec import NSAConfig
 from nsa_spec.blocks import cmp_visible_mask, n_cmp, n_slc_blocks
 from nsa_spec.reference import (
     attention_probs,
     compress_inputs,
     compressed_attention,
     importance_scores,
+    is_valid_top_n,
     nsa_attention,
     nsa_forward,
     selected_mask,
@@ -83,8 +86,9 @@ def test_selection_uses_the_group_summed_scores(case):
     total = np.zeros((T, case.H, n_slc_blocks(T, cfg)))
     for hq in range(case.HQ):
         h = hq // G
-        _, _, p = compressed_attention(inputs.q[0, :, hq : hq + 1], inputs.k_cmp[0, :, h : h + 1],
-                                       inputs.v_cmp[0, :, h : h + 1], cfg)
+        _, _, p = compressed_attention(
+            inputs.q[0, :, hq : hq + 1], inputs.k_cmp[0, :, h : h + 1], inputs.v_cmp[0, :, h : h + 1], cfg
+        )
         total[:, h] += importance_scores(p, total.shape[-1], cfg)[:, 0]
     np.testing.assert_array_equal(out.indices[0], top_n(total, np.arange(T), cfg))
 
@@ -182,3 +186,49 @@ def test_empty_key_sets_give_zero_and_minus_inf(case):
     assert np.all(np.isneginf(out.lse[:, :early, :, 0]))
     assert np.all(np.isfinite(out.lse[:, early:]))
     assert np.all(np.isfinite(out.o)) and np.all(np.isfinite(out.lse[..., 1:]))
+
+
+FIXED = [
+    Case(NSAConfig(window=64), B=1, T=1100, HQ=2, H=1, dk=4, dv=3, seed=1),  # paper blocks, 18 blocks
+    Case(
+        NSAConfig(cmp_len=16, cmp_stride=8, slc_len=32, top_n=4, window=24),
+        B=2,
+        T=100,
+        HQ=4,
+        H=2,
+        dk=16,
+        dv=8,
+    ),
+    Case(NSAConfig(cmp_len=8, cmp_stride=4, slc_len=8, top_n=3, window=5), B=2, T=77, HQ=8, H=2, dk=5, dv=7),
+    Case(NSAConfig(cmp_len=8, cmp_stride=8, slc_len=16, top_n=5, window=1), B=1, T=7, HQ=2, H=2, dk=4, dv=4),
+    Case(NSAConfig(cmp_len=4, cmp_stride=1, slc_len=4, top_n=6, window=3), B=1, T=1, HQ=16, H=1, dk=2, dv=3),
+    Case(
+        NSAConfig(cmp_len=4, cmp_stride=2, slc_len=12, top_n=3, window=40),
+        B=2,
+        T=61,
+        HQ=4,
+        H=4,
+        dk=8,
+        dv=2,
+        phi="mlp",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in FIXED])
+def test_fixed_cases_select_a_valid_top_n(case):
+    """Shapes, finiteness, and a selection that is exactly a valid top-n of the Eq. 10 scores."""
+    x = case.inputs()
+    out = forward(case, x)
+    cfg, T = case.config, case.T
+    assert out.o.shape == (case.B, T, case.HQ, case.dv) and out.lse.shape == (case.B, T, case.HQ, 3)
+    assert out.indices.shape == (case.B, T, case.H, cfg.top_n)
+    assert np.all(np.isfinite(out.o)) and not np.any(np.isnan(out.lse))
+    inputs = compress_inputs(*(x[n] for n in STREAMS), cfg, case.phi, case.phi_params())
+    for b in range(case.B):
+        _, _, p = compressed_attention(inputs.q[b], inputs.k_cmp[b], inputs.v_cmp[b], cfg)
+        scores = importance_scores(p, n_slc_blocks(T, cfg), cfg)
+        assert is_valid_top_n(out.indices[b], scores, np.arange(T), cfg, tol=0.0).all()
+        idx = out.indices[b]
+        padded = np.where(idx < 0, T + np.arange(cfg.top_n), idx)  # -1 only after the blocks
+        assert np.all(np.diff(padded, axis=-1) > 0)
