@@ -9,6 +9,7 @@ from __future__ import annotations
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import Files
 from mkdocs.structure.pages import Page
+from nsa_spec.backends import backends, load_failures
 
 PAGE = "backends/index.md"
 MARKER = "<!-- capability-matrix -->"
@@ -38,8 +39,6 @@ def _cell(value: object) -> str:
 
 def matrix() -> str:
     """The matrix as Markdown: one column per backend, one row per capability."""
-    from nsa_spec.backends import backends, load_failures
-
     found = backends()
     if not found:
         raise RuntimeError("no nsa backend is installed; the capability matrix would be empty")
