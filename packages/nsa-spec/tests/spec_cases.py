@@ -81,13 +81,14 @@ GRAD_CASES = [
 
 @st.composite
 def configs(draw: st.DrawFn, max_window: int = 40) -> NSAConfig:
-    """Valid small configs: l in {4, 8, 16}, d | l, l' a multiple of d in [l, 24], n in 3..6."""
+    """Valid small configs: l in {4, 8, 16}, d | l, l' a multiple of d in [l, 24], n in 3..6,
+    the default softmax scale or a given one."""
     l = draw(st.sampled_from([4, 8, 16]))
     d = draw(st.sampled_from([x for x in (1, 2, 4, 8, 16) if l % x == 0]))
     l_slc = d * draw(st.integers(l // d, 24 // d))
     return NSAConfig(
         cmp_len=l, cmp_stride=d, slc_len=l_slc, top_n=draw(st.integers(3, 6)),
-        window=draw(st.integers(1, max_window)),
+        window=draw(st.integers(1, max_window)), scale=draw(st.sampled_from([None, None, 0.3, 2.0])),
     )
 
 
