@@ -52,6 +52,20 @@ def spec(session: nox.Session) -> None:
 
 
 @nox.session(tags=["ci"])
+def torch(session: nox.Session) -> None:
+    """nsa-torch's own tests: ops against the reference, module, cache, dispatch, a toy training run."""
+    session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch", *TEST_DEPS)
+    session.run("pytest", "packages/nsa-torch/tests", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Draw NSA's block selection (demo-out/selection.png) and print measured decode reads."""
+    session.install(*CONSTRAINTS, "-e./packages/nsa-spec", "-e./packages/nsa-torch", "matplotlib")
+    session.run("python", "-m", "nsa_torch.demo", *session.posargs)
+
+
+@nox.session(tags=["ci"])
 def bench(session: nox.Session) -> None:
     """bench/tests on the CPU: the FLOP/byte model, CSV and threshold logic, the runner at tiny sizes."""
     session.install(*CONSTRAINTS, "-e./packages/nsa-spec", "torch", "matplotlib>=3.7", *TEST_DEPS)
