@@ -101,24 +101,28 @@ CASES = [
     (
         "v_win-dv",
         lambda: validate_inputs(contract(v_win=zeros(1, 10, 2, 4)), CFG),
-        ["v_win", "(1, 10, 2, 4)", "dv"],
+        ["v_win", "(1, 10, 2, 4)", "(1, 10, 2, 5)", "dv"],
     ),
     (
         "k_win-length",
         lambda: validate_inputs(contract(k_win=zeros(1, 9, 2, 3)), CFG),
-        ["k_win", "(1, 9, 2, 3)"],
+        ["k_win", "(1, 9, 2, 3)", "(1, 10, 2, 3)", "[B, T, H, dk]"],
     ),
     (
         "gates-3",
         lambda: validate_inputs(contract(gates=zeros(1, 10, 4, 2)), CFG),
-        ["gates", "(1, 10, 4, 2)", "3"],
+        ["gates", "(1, 10, 4, 2)", "[B, T, HQ, 3]"],
     ),
     (
         "k_cmp-n-cmp",
         lambda: validate_inputs(contract(k_cmp=zeros(1, 5, 2, 3)), CFG),
         ["k_cmp", "(1, 5, 2, 3)", "N_cmp(T)", "(1, 4, 2, 3)"],
     ),
-    ("v_cmp-dv", lambda: validate_inputs(contract(v_cmp=zeros(1, 4, 2, 3)), CFG), ["v_cmp", "(1, 4, 2, 3)"]),
+    (
+        "v_cmp-dv",
+        lambda: validate_inputs(contract(v_cmp=zeros(1, 4, 2, 3)), CFG),
+        ["v_cmp", "(1, 4, 2, 3)", "(1, 4, 2, 5)", "N_cmp(T)"],
+    ),
     ("not-an-array", lambda: validate_inputs(contract(gates=[[0.5]]), CFG), ["gates", "array", "list"]),
     (
         "cu_seqlens-batch",
