@@ -13,6 +13,7 @@ from nsa_spec.reference import (
     decode_attention,
     gate_activation,
     init_mlp_params,
+    nsa_forward,
     prefill,
 )
 
@@ -99,3 +100,28 @@ def test_compress_blocks(phi):
             h = flat @ params["w1"] + params["b1"]
             want = (h / (1 + np.exp(-h))) @ params["w2"] + params["b2"]
         np.testing.assert_allclose(got[:, i], want, rtol=1e-13, atol=1e-15)
+
+
+def test_softmax_is_stable_for_large_scores():
+    """Scores near 1e4 neither overflow nor lose the lse: lse = max + log(sum exp(s - max))."""
+    q = np.array([[[100.0, 0.0]]])  # [T=1, HQ=1, dk=2]
+    k = np.array([[[100.0, 0.0]], [[99.0, 0.0]], [[-100.0, 0.0]]])  # scores 1e4, 9900, -1e4
+    v = np.array([[[1.0]], [[2.0]], [[3.0]]])
+    o, lse = attend(q, k, v, np.ones((1, 1, 3), dtype=bool), 1.0)
+    e = np.exp(-100.0)
+    np.testing.assert_allclose(lse[0, 0], 1e4 + np.log1p(e), rtol=1e-15)
+    np.testing.assert_allclose(o[0, 0, 0], (1 + 2 * e) / (1 + e), rtol=1e-15)
+
+
+def test_reference_computes_in_the_input_dtype():
+    """float64 in, float64 out; float32 in runs the same code in float32, which the conformance
+    suite uses as the naive low-precision computation. No silent up- or down-cast."""
+    cfg = NSAConfig(cmp_len=4, cmp_stride=2, slc_len=8, top_n=3, window=4)
+    rng = np.random.default_rng(5)
+    x = [rng.standard_normal((1, 20, 2, 4)) for _ in range(7)]
+    gates = np.full((1, 20, 2, 3), 0.5)
+    o64 = nsa_forward(*x, gates, cfg).o
+    o32 = nsa_forward(*(a.astype(np.float32) for a in x), gates.astype(np.float32), cfg).o
+    assert o64.dtype == np.float64 and o32.dtype == np.float32
+    np.testing.assert_allclose(o32, o64, rtol=1e-4, atol=1e-5)
+    assert np.max(np.abs(o32 - o64)) > 0
