@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import html
+import importlib.util
 import re
 from pathlib import Path
 
+import pytest
 from nsa_spec.backends import backends
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,3 +52,52 @@ def test_numerics_page_links_the_tolerance_module(site_dir: Path) -> None:
         assert "api/nsa_conformance." in text
     else:
         assert "Tolerance module not in this checkout" in text
+
+
+def _load_hook(name: str):
+    path = ROOT / "docs" / "hooks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"hook_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_section_renders_tables_and_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hook = _load_hook("benchmarks")
+    gpu = tmp_path / "h100"
+    gpu.mkdir()
+    rows = ["workload,backend,ms"] + [f"prefill-{i},torch,{i}.5" for i in range(hook.MAX_ROWS + 5)]
+    (gpu / "prefill-2026-11-27.csv").write_text("\n".join(rows) + "\n")
+    (gpu / "prefill.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (gpu / "notes.json").write_text("{}")
+    monkeypatch.setattr(hook, "RESULTS", tmp_path)
+    section = hook.section()
+    assert "## `h100`" in section
+    assert "![prefill](results/h100/prefill.png)" in section
+    assert "| workload | backend | ms |" in section and "| prefill-0 | torch | 0.5 |" in section
+    assert f"First {hook.MAX_ROWS} of {hook.MAX_ROWS + 5} rows" in section
+    assert "[Download `prefill-2026-11-27.csv`](results/h100/prefill-2026-11-27.csv)" in section
+    assert "notes.json" not in section
+
+
+def test_benchmark_section_without_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hook = _load_hook("benchmarks")
+    monkeypatch.setattr(hook, "RESULTS", tmp_path / "absent")
+    assert "No benchmark results yet" in hook.section()
+
+
+def test_api_pages_for_a_package_missing_from_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    hook = _load_hook("api_pages")
+    absent = {"nsa_cuda": ("nsa-cuda", ("packages/absent/src",))}
+    monkeypatch.setattr(hook, "PACKAGES", {**hook.PACKAGES, **absent})
+    packages = {p.name: p for p in hook._packages()}
+    assert packages["nsa_cuda"].modules == [] and packages["nsa_spec"].modules
+    assert "Not in this checkout" in hook._missing_page(packages["nsa_cuda"])
+    assert "[not in this checkout](nsa_cuda.md)" in hook._index_page(list(packages.values()))
+
+
+def test_every_api_page_exists(site_dir: Path) -> None:
+    hook = _load_hook("api_pages")
+    for package in hook._packages():
+        for module in package.modules:
+            assert (site_dir / "api" / module.path / "index.html").is_file(), module.path
