@@ -118,17 +118,23 @@ def block_scores(inputs: NSAInputs, config: NSAConfig, dtype: str = "float64") -
 def naive_grads(
     inputs: NSAInputs, config: NSAConfig, grad_o: np.ndarray, indices: np.ndarray, dtype: str
 ) -> dict[str, np.ndarray]:
-    """Gradients of sum(o * grad_o) by the JAX reference run in `dtype`, selection fixed (float64 out)."""
+    """Gradients of sum(o * grad_o) by the JAX reference run in low-precision `dtype`, selection fixed.
+
+    Returned as float64. (For float64 the naive gradients are the oracle's.)
+    """
     import jax
     import jax.numpy as jnp
 
-    jdt = {"float64": jnp.float64, "float32": jnp.float32, "float16": jnp.float16,
-           "bfloat16": jnp.bfloat16}[dtype]
+    jdt = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}[dtype]
+
+    def grads(primals: tuple[Any, ...], cotangent: Any) -> Any:
+        def forward(*arrays: Any) -> Any:
+            replaced = inputs.replace(**dict(zip(ARRAYS, arrays, strict=True)))
+            return nsa_attention(replaced, config, indices, jnp).o
+
+        return jax.vjp(forward, *primals)[1](cotangent)
+
     primals = tuple(jnp.asarray(np.asarray(getattr(inputs, n), dtype=np.float64), dtype=jdt) for n in ARRAYS)
-
-    def forward(*arrays: Any) -> Any:
-        return nsa_attention(inputs.replace(**dict(zip(ARRAYS, arrays, strict=True))), config, indices, jnp).o
-
-    _, vjp = jax.vjp(forward, *primals)
-    grads = vjp(jnp.asarray(np.asarray(grad_o, dtype=np.float64), dtype=jdt))
-    return {n: np.asarray(g.astype(jnp.float64)) for n, g in zip(ARRAYS, grads, strict=True)}
+    # One compiled program instead of eager op-by-op dispatch: several times cheaper on CPU.
+    out = jax.jit(grads)(primals, jnp.asarray(np.asarray(grad_o, dtype=np.float64), dtype=jdt))
+    return {n: np.asarray(g.astype(jnp.float64)) for n, g in zip(ARRAYS, out, strict=True)}
