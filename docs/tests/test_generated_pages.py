@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,7 @@ def _load_hook(name: str):
     path = ROOT / "docs" / "hooks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"hook_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the hook loads
     spec.loader.exec_module(module)
     return module
 
