@@ -62,16 +62,13 @@ class NSAConfig:
                 f"top_n (n) must be >= {FORCED_BLOCKS}, the forced blocks (block 0, the current "
                 f"block and the previous one): top_n={self.top_n}"
             )
-        if self.scale is not None:
-            if (
-                isinstance(self.scale, bool)
-                or not isinstance(self.scale, (int, float))
-                or not math.isfinite(self.scale)
-                or self.scale <= 0
-            ):
-                raise InvalidInputError(
-                    f"scale must be a finite number > 0 or None: scale={self.scale!r}"
-                )
+        if self.scale is not None and (
+            isinstance(self.scale, bool)
+            or not isinstance(self.scale, (int, float))
+            or not math.isfinite(self.scale)
+            or self.scale <= 0
+        ):
+            raise InvalidInputError(f"scale must be a finite number > 0 or None: scale={self.scale!r}")
         if self.gate not in GATE_KINDS:
             raise InvalidInputError(f"gate must be one of {GATE_KINDS}: gate={self.gate!r}")
         return self

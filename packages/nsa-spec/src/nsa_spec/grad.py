@@ -39,11 +39,12 @@ def nsa_attention_grads(
     primals = tuple(jnp.asarray(np.asarray(getattr(inputs, n), dtype=np.float64)) for n in _ARRAYS)
 
     def forward(*arrays: Any) -> Any:
-        return nsa_attention(inputs.replace(**dict(zip(_ARRAYS, arrays))), config, indices, jnp).o
+        changed = inputs.replace(**dict(zip(_ARRAYS, arrays, strict=True)))
+        return nsa_attention(changed, config, indices, jnp).o
 
     _, vjp = jax.vjp(forward, *primals)
     grads = vjp(jnp.asarray(np.asarray(grad_o, dtype=np.float64)))
-    return NSAGrads(**{n: np.asarray(g) for n, g in zip(_ARRAYS, grads)})
+    return NSAGrads(**{n: np.asarray(g) for n, g in zip(_ARRAYS, grads, strict=True)})
 
 
 def nsa_forward_grads(
@@ -70,5 +71,5 @@ def nsa_forward_grads(
 
     _, vjp = jax.vjp(forward, primals, params)
     g_arrays, g_params = vjp(jnp.asarray(np.asarray(grad_o, dtype=np.float64)))
-    grads = {n: np.asarray(g) for n, g in zip(names, g_arrays)}
+    grads = {n: np.asarray(g) for n, g in zip(names, g_arrays, strict=True)}
     return grads, jax.tree_util.tree_map(np.asarray, g_params)

@@ -3,9 +3,15 @@
 from nsa_spec.reference.attention import attend, attention_probs
 from nsa_spec.reference.combine import combine, gate_activation
 from nsa_spec.reference.compress import PHIS, compress, compressed_attention, init_mlp_params, register_phi
-from nsa_spec.reference.decode import append, decode_attention, decode_step, empty_cache, emits, prefill
+from nsa_spec.reference.decode import append, decode_attention, decode_step, emits, empty_cache, prefill
 from nsa_spec.reference.nsa import compress_inputs, nsa_attention, nsa_forward
-from nsa_spec.reference.select import importance_scores, is_valid_top_n, selected_attention, selected_mask, top_n
+from nsa_spec.reference.select import (
+    importance_scores,
+    is_valid_top_n,
+    selected_attention,
+    selected_mask,
+    top_n,
+)
 from nsa_spec.reference.window import window_attention, window_mask
 
 __all__ = [

@@ -43,7 +43,7 @@ def phi_mlp(blocks: Any, params: Any, xp: Any = np) -> Any:
             "phi 'mlp' needs phi_params with keys pos, w1, b1, w2, b2: "
             f"got {None if params is None else sorted(params)}"
         )
-    if tuple(params["pos"].shape) != (l, D) or tuple(params["w1"].shape)[0] != l * D:
+    if tuple(params["pos"].shape) != (l, D) or params["w1"].shape[0] != l * D:
         raise InvalidInputError(
             f"phi 'mlp' params must have pos [l, D] = [{l}, {D}] and w1 [l*D, hidden]: "
             f"pos.shape={tuple(params['pos'].shape)}, w1.shape={tuple(params['w1'].shape)}"
@@ -101,7 +101,9 @@ def compress(x: Any, config: NSAConfig, phi: str = "mean", params: Any = None, x
     return PHIS[phi](blocks, params, xp)
 
 
-def compressed_attention(q: Any, k_cmp: Any, v_cmp: Any, config: NSAConfig, xp: Any = np) -> tuple[Any, Any, Any]:
+def compressed_attention(
+    q: Any, k_cmp: Any, v_cmp: Any, config: NSAConfig, xp: Any = np
+) -> tuple[Any, Any, Any]:
     """The compressed branch for one batch element.
 
     q [T, HQ, dk], k_cmp [N, H, dk], v_cmp [N, H, dv] -> o [T, HQ, dv], lse [T, HQ] and the

@@ -71,7 +71,10 @@ def append(
 
 
 def decode_attention(cache: DecodeCache, q: Any, gates: Any, config: NSAConfig) -> DecodeResult:
-    """Attention of the newest token (position S - 1) over the cache: q [B, 1, HQ, dk], gates [B, 1, HQ, 3]."""
+    """Attention of the newest token (position S - 1) over the cache.
+
+    q [B, 1, HQ, dk], gates [B, 1, HQ, 3].
+    """
     S = cache.length
     if S < 1:
         raise InvalidInputError("cache must hold at least one token: cache.length=0")

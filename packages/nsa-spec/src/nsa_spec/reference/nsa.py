@@ -43,7 +43,7 @@ def nsa_attention(
 
     `indices` [B, T, H, n], when given, replaces Eq. 11's selection.
     """
-    B, T, HQ, H, G, dk, dv = validate_inputs(inputs, config)
+    B, T = validate_inputs(inputs, config)[:2]
     a = inputs
     if a.cu_seqlens is None:
         spans = [(b, 0, T, 0, a.k_cmp.shape[1]) for b in range(B)]

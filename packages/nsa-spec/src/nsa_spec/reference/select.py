@@ -43,7 +43,7 @@ def top_n(scores: np.ndarray, positions: np.ndarray, config: NSAConfig) -> np.nd
     chosen = np.where(rank < np.minimum(c + 1, config.top_n), order, n_blocks)
     chosen = np.sort(chosen, axis=-1)
     pad = config.top_n - chosen.shape[-1]
-    chosen = np.concatenate([chosen, np.full(chosen.shape[:-1] + (pad,), n_blocks)], axis=-1)
+    chosen = np.concatenate([chosen, np.full((*chosen.shape[:-1], pad), n_blocks)], axis=-1)
     return np.where(chosen == n_blocks, -1, chosen).astype(np.int64)
 
 
