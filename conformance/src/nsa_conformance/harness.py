@@ -134,6 +134,24 @@ def free_gap(scores: np.ndarray, positions: np.ndarray, config: NSAConfig) -> np
     return np.where(no_choice, np.inf, last_in - np.where(no_choice, 0.0, first_out))
 
 
+def resolution(scores: np.ndarray, naive_scores: np.ndarray, dtype: str) -> np.ndarray:
+    """Per (t, h): how far apart two block scores must be for `dtype` to order them reliably."""
+    err = np.max(np.abs(naive_scores - scores), axis=-1, initial=0.0)
+    magnitude = np.maximum(1.0, np.max(scores, -1, initial=0.0))
+    return tolerances.K_SCORES * err + tolerances.floor(dtype) * magnitude
+
+
+def decisive(inputs: NSAInputs, config: NSAConfig, dtype: str) -> np.ndarray:
+    """Bool [B, T, H]: where the oracle's selection is unambiguous at `dtype`'s resolution."""
+    B, T, H = np.shape(inputs.q)[0], np.shape(inputs.q)[1], np.shape(inputs.k_slc)[2]
+    out = np.zeros((B, T, H), dtype=bool)
+    exact = lowprec.block_scores(inputs, config)
+    naive = lowprec.block_scores(inputs, config, dtype)
+    for (b, lo, hi, _, _), s, s_naive in zip(lowprec.spans(inputs, config), exact, naive, strict=True):
+        out[b, lo:hi] = free_gap(s, np.arange(hi - lo), config) > resolution(s, s_naive, dtype)
+    return out
+
+
 def assert_selection(inputs: NSAInputs, config: NSAConfig, got: np.ndarray, dtype: str) -> None:
     """The near-tie policy (DESIGN.md, Testing) for indices [B, T, H, n] of a backend.
 
@@ -153,9 +171,7 @@ def assert_selection(inputs: NSAInputs, config: NSAConfig, got: np.ndarray, dtyp
     naive = lowprec.block_scores(inputs, config, dtype)
     for (b, lo, hi, _, _), s, s_naive in zip(lowprec.spans(inputs, config), exact, naive, strict=True):
         pos = np.arange(hi - lo)
-        err = np.max(np.abs(s_naive - s), axis=-1, initial=0.0)
-        magnitude = np.maximum(1.0, np.max(s, -1, initial=0.0))
-        res = tolerances.K_SCORES * err + tolerances.floor(dtype) * magnitude
+        res = resolution(s, s_naive, dtype)
         mine, theirs = got[b, lo:hi], oracle[b, lo:hi]
         bad = ~is_valid_top_n(mine, s, pos, config, res)
         if bad.any():
@@ -165,8 +181,7 @@ def assert_selection(inputs: NSAInputs, config: NSAConfig, got: np.ndarray, dtyp
                 f"t={t} h={h}: got {mine[t, h].tolist()}, oracle {theirs[t, h].tolist()}, "
                 f"scores {np.round(s[t, h], 6).tolist()}, resolution {res[t, h]:.2e}"
             )
-        decisive = free_gap(s, pos, config) > res
-        differ = decisive & np.any(mine != theirs, axis=-1)
+        differ = (free_gap(s, pos, config) > res) & np.any(mine != theirs, axis=-1)
         if differ.any():
             t, h = (int(i) for i in np.argwhere(differ)[0])
             raise AssertionError(
