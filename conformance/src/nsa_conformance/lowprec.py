@@ -42,13 +42,13 @@ def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
     return np.asarray(x).astype(dtype).astype(np.float64)
 
 
-def _plain(x: Any) -> Any:
+def plain(x: Any) -> Any:
     if isinstance(x, BF16Array):
         return x.view(np.ndarray)
     if isinstance(x, (list, tuple)):
-        return type(x)(_plain(v) for v in x)
+        return type(x)(plain(v) for v in x)
     if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
+        return {k: plain(v) for k, v in x.items()}
     return x
 
 
@@ -64,10 +64,10 @@ class BF16Array(np.ndarray):
     """Float32 storage whose every ufunc and NumPy function result is rounded to bfloat16."""
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
-        return _wrap(getattr(ufunc, method)(*_plain(inputs), **_plain(kwargs)))
+        return _wrap(getattr(ufunc, method)(*plain(inputs), **plain(kwargs)))
 
     def __array_function__(self, func: Callable, types: Any, args: Any, kwargs: Any) -> Any:
-        return _wrap(func(*_plain(args), **_plain(kwargs)))
+        return _wrap(func(*plain(args), **plain(kwargs)))
 
 
 def as_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -82,7 +82,7 @@ def _cast(inputs: NSAInputs, dtype: str) -> NSAInputs:
 
 
 def _f64(x: Any) -> np.ndarray:
-    return np.asarray(_plain(x), dtype=np.float64)
+    return np.asarray(plain(x), dtype=np.float64)
 
 
 def naive_forward(inputs: NSAInputs, config: NSAConfig, indices: np.ndarray, dtype: str) -> NSAOutput:
