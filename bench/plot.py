@@ -41,6 +41,8 @@ def plot_csv(csv_path: Path) -> Path | None:
     if not timed:
         return None
     panels = _panels(rows)
+    names = sorted({r["backend"] for r in timed})
+    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}  # one color per backend everywhere
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     xname = "selected tokens L" if rows[0]["mode"] == "selection" else (
         "cache length S" if rows[0]["mode"] == "decode" else "sequence length T")
@@ -55,17 +57,21 @@ def plot_csv(csv_path: Path) -> Path | None:
                 by_backend[r["backend"]].append((r[xs], r["speedup_vs_dense"]))
         for name, points in sorted(by_backend.items()):
             points.sort()
-            ax.plot([x for x, _ in points], [y for _, y in points], "o-", ms=3, label=name)
+            ax.plot([x for x, _ in points], [y for _, y in points], "o-", ms=3, label=name,
+                    color=colors[name])
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(xname, fontsize=8)
         ax.set_ylabel("speedup over best dense (time ratio)", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    run = csv_path.stem
-    fig.suptitle(f"{run} on {csv_path.parent.name}", fontsize=10)
-    fig.tight_layout()
+    legend = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), loc="center right", fontsize=8)
+    fig.suptitle(f"{csv_path.stem} on {csv_path.parent.name}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
     png = csv_path.with_suffix(".png")
     fig.savefig(png, dpi=90)
     plt.close(fig)
