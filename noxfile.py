@@ -68,7 +68,8 @@ def demo(session: nox.Session) -> None:
 @nox.session(tags=["ci"])
 def bench(session: nox.Session) -> None:
     """bench/tests on the CPU: the FLOP/byte model, CSV and threshold logic, the runner at tiny sizes."""
-    session.install(*CONSTRAINTS, "-e./packages/nsa-spec", "torch", "matplotlib>=3.7", *TEST_DEPS)
+    session.install(*CONSTRAINTS, "-e./packages/nsa-spec", "-e./packages/nsa-torch", "matplotlib>=3.7",
+                    *TEST_DEPS)
     session.run("pytest", "bench/tests", *session.posargs)
 
 

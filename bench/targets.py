@@ -29,15 +29,16 @@ SEED = 20250216
 
 @dataclass
 class Prepared:
-    """A thunk to time, the tensors whose .grad the timer resets, a note for the results, and a
+    """A thunk to time, the tensors whose .grad the timer resets, a note for the results, a
     factory of the context the runner enters around the whole measurement (entering it per call
     can cost more than a small kernel: torch's `sdpa_kernel` takes tens of milliseconds on the
-    CPU build)."""
+    CPU build), and the inputs the thunk reads where a test needs them."""
 
     fn: Callable[[], Any]
     grad_to_none: list[Any] = field(default_factory=list)
     note: str = ""
     context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 class Target:
@@ -212,17 +213,35 @@ def _numpy_selection(case: Case, r: Any, device: str) -> Prepared:
 
 
 def _torch_selection(case: Case, r: Any, device: str) -> Prepared:
-    from nsa_torch.ops.select import selected_attention
+    """nsa-torch's selected branch as its forward runs it: keys/values as whole blocks in the
+    compute dtype, queries in chunks of `CHUNK_BYTES` of gathered keys and scores; per chunk the
+    gather plan, the block gather and the attention are timed."""
+    from nsa_torch.ops.nsa import CHUNK_BYTES, compute_dtype
+    from nsa_torch.ops.select import gather_blocks, selected_attention, selected_keys, selection_blocks
 
-    torch = r.torch
-    B, T, HQ, H = case.batch, case.seqlen, case.heads_q, case.heads_kv
-    q = r.randn(B, T, H, HQ // H, case.dk)
-    k, v = r.randn(B, T, H, case.dk), r.randn(B, T, H, case.dv)
-    idx = torch.as_tensor(_random_indices(case, case.blocks.n), device=device)
-    pos = torch.arange(T, device=device)
-    scale = case.config.softmax_scale(case.dk)
-    return Prepared(lambda: selected_attention(q, k, v, idx, pos, case.config, scale),
-                    note="nsa_torch.ops.select.selected_attention on all T queries at once")
+    torch, cfg = r.torch, case.config
+    B, T, HQ, H, dk, dv, n = (case.batch, case.seqlen, case.heads_q, case.heads_kv, case.dk, case.dv,
+                              case.blocks.n)
+    work = compute_dtype(r.dtype)
+    q = r.randn(B, T, H, HQ // H, dk).to(work)
+    k, v = (selection_blocks(r.randn(B, T, H, d).to(work), cfg) for d in (dk, dv))
+    n_blocks = k.shape[0] // (B * H)
+    idx = torch.as_tensor(_random_indices(case, n), device=device)
+    positions = torch.arange(T, device=device)
+    scale = cfg.softmax_scale(dk)
+    per_query = B * q.element_size() * n * cfg.slc_len * (H * (dk + dv) + 3 * HQ)
+    step = max(1, CHUNK_BYTES[device] // per_query)
+
+    def run() -> list[Any]:
+        outs = []
+        for t0 in range(0, T, step):
+            ids, allowed = selected_keys(idx[:, t0 : t0 + step], positions[t0 : t0 + step], cfg)
+            k_sel, v_sel = gather_blocks(k, ids, n_blocks), gather_blocks(v, ids, n_blocks)
+            outs.append(selected_attention(q[:, t0 : t0 + step], k_sel, v_sel, allowed, scale)[0])
+        return outs
+
+    return Prepared(run, note=f"nsa_torch.ops.select, {step} queries per chunk, {work} math",
+                    inputs={"q": q, "k_blocks": k, "v_blocks": v, "indices": idx})
 
 
 SELECTION_STAGES: dict[str, Callable[[Case, Any, str], Prepared]] = {

@@ -14,6 +14,7 @@ from bench.gate import GateResult, command
 TINY = workloads.Overrides(seqlens=[48], batches=[1], selected=[16], heads_q=4, heads_kv=1,
                            head_dim=8, dtype="float64", config=cli.SMOKE_CONFIG)
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_NSA_TORCH = importlib.util.find_spec("nsa_torch") is not None
 
 
 def _gate(passed):
@@ -28,7 +29,7 @@ def test_gate_command_is_the_documented_one():
 
 
 def test_run_numpy_and_dense_on_cpu(tmp_path):
-    names = ["numpy", "sdpa-math", "sdpa-cudnn", "no-such-backend"]
+    names = ["numpy", "sdpa-math", "sdpa-cudnn", "no-such-backend"] + (["torch"] if HAS_NSA_TORCH else [])
     # Forward only: the numpy backward compiles JAX (half a minute); fwdbwd is timed on the GPU.
     out = runner.run(["prefill-paper"], names, "cpu", replace(TINY, modes=["fwd"]), 30, tmp_path,
                      gate=_gate(True))
@@ -54,6 +55,9 @@ def test_run_numpy_and_dense_on_cpu(tmp_path):
     assert len(results.read_csv(csvs[1])) == len(out["prefill-paper"])
     text = results.table(out["prefill-paper"])
     assert "numpy" in text and "sdpa-cudnn skipped" in text
+    if HAS_NSA_TORCH:  # the torch backend's rows, the selection adapter included
+        assert {r["status"] for r in out["selection"] if r["backend"] == "torch"} == {"ok"}
+        assert {r["status"] for r in out["decode-paper"] if r["backend"] == "torch"} == {"ok"}
     if HAS_TORCH and importlib.util.find_spec("matplotlib"):
         from bench.plot import plot_all
 
@@ -110,3 +114,25 @@ def test_cli_list_and_threshold(tmp_path, capsys):
     results.write_csv(csv, [])
     assert cli.main(["threshold", str(csv), "--candidate", "a", "--baseline", "b"]) == 0
     assert (tmp_path / "selection-threshold-a-vs-b.md").exists()
+
+
+@pytest.mark.skipif(not HAS_NSA_TORCH, reason="needs nsa-torch (the nox session installs it)")
+def test_torch_selection_adapter_computes_the_reference_branch():
+    import numpy as np
+    from nsa_spec.reference.select import selected_attention
+
+    from bench import targets
+
+    case = workloads.get("selection").cases(replace(TINY, seqlens=[70], selected=[32]))[0]
+    prepared = targets.get("torch").prepare(case, "cpu")
+    a = prepared.inputs
+    o = np.concatenate([x.numpy() for x in prepared.fn()], axis=1)[0]  # [T, H, G, dv]
+    B, T, H = case.batch, case.seqlen, case.heads_kv
+    k, v = (x.reshape(B, H, -1, x.shape[-1])[:, :, :T].permute(0, 2, 1, 3)[0].numpy()
+            for x in (a["k_blocks"], a["v_blocks"]))
+    q = a["q"][0].reshape(T, case.heads_q, case.dk).numpy()
+    ref, _ = selected_attention(q, k, v, a["indices"][0].numpy(), case.config)
+    assert np.abs(o.reshape(T, case.heads_q, case.dv) - ref).max() < 1e-10
+    for row in a["indices"][0].numpy().reshape(-1, 2):  # valid selections: ascending, -1 padded
+        got = row[row >= 0]
+        assert len(got) >= 1 and list(got) == sorted(set(got)) and (row[len(got):] == -1).all()
