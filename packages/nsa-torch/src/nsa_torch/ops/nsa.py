@@ -34,8 +34,9 @@ from nsa_torch.ops.select import (
 )
 from nsa_torch.ops.window import window_attention
 
-CHUNK_BYTES = 512 * 2**20
-"""Default budget for one chunk's largest temporaries (gathered keys/values and scores)."""
+CHUNK_BYTES = {"cpu": 512 * 2**20, "cuda": 4 * 2**30}
+"""Default budget per device type for one chunk's largest temporaries (gathered keys/values and
+scores): large enough on a GPU to keep kernels busy, small enough on a CPU to keep RSS low."""
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; every other float runs its softmax and accumulations in float32."""
@@ -147,12 +148,15 @@ def host_cu_seqlens(cu_seqlens: Any) -> np.ndarray | None:
 
 
 def nsa_attention(inputs: NSAInputs, config: NSAConfig, indices: Tensor | None = None,
-                  chunk_bytes: int = CHUNK_BYTES) -> NSAOutput:
+                  chunk_bytes: int | None = None) -> NSAOutput:
     """NSA attention on the kernel contract -> `NSAOutput` (o in q's dtype; lse in float32, or
     float64 for float64 inputs; indices long). Differentiable with respect to every input.
 
-    `indices` [B, T, H, n], when given, replaces Eq. 11's selection.
+    `indices` [B, T, H, n], when given, replaces Eq. 11's selection. `chunk_bytes` defaults to
+    `CHUNK_BYTES` of q's device type.
     """
+    if chunk_bytes is None:
+        chunk_bytes = CHUNK_BYTES.get(inputs.q.device.type, CHUNK_BYTES["cpu"])
     cu = host_cu_seqlens(inputs.cu_seqlens)
     inputs = inputs.replace(cu_seqlens=cu)
     validate_inputs(inputs, config)
