@@ -328,11 +328,14 @@ class DenseTarget(Target):
 
 
 class FlaTarget(Target):
-    """fla-core's `fla.ops.nsa.parallel_nsa` (Triton), a public NSA kernel with its own config."""
+    """fla-core's `fla.ops.nsa.parallel_nsa` (Triton), a public NSA kernel with its own config.
+
+    For `selection` it gets our indices and no gates, and then runs only its selected branch,
+    whose semantics are ours (blocks of l', keys clamped to <= t, -1 entries skipped)."""
 
     kind = "external"
     name = FLA_NAME
-    modes = ("fwd", "fwdbwd")
+    modes = ("fwd", "fwdbwd", "selection")
     NOTE = (
         "fla parallel_nsa: one shared k/v for every branch; compression is mean pooling with "
         "l = d = l' (no overlap) inside the timed call; no sliding window (fla needs flash-attn "
@@ -350,6 +353,8 @@ class FlaTarget(Target):
         return None
 
     def model_blocks(self, case: Case) -> cost.Blocks:
+        if case.mode == "selection":
+            return case.blocks
         s = case.config.slc_len
         return cost.Blocks(l=s, d=s, l_slc=s, n=case.config.top_n, w=0)
 
@@ -359,6 +364,13 @@ class FlaTarget(Target):
         r = _Torch(device, case.dtype)
         B, T, HQ, H, cfg = case.batch, case.seqlen, case.heads_q, case.heads_kv, case.config
         q, k, v = r.randn(B, T, HQ, case.dk), r.randn(B, T, H, case.dk), r.randn(B, T, H, case.dv)
+        if case.mode == "selection":
+            n = case.blocks.n
+            idx = r.torch.as_tensor(_random_indices(case, n), device=device)
+            return Prepared(
+                lambda: parallel_nsa(q, k, v, block_indices=idx, block_counts=n, block_size=cfg.slc_len),
+                note="fla parallel_nsa selected branch alone (block_indices given, no gates, no window)",
+            )
         g_cmp, g_slc = r.gates(B, T, HQ), r.gates(B, T, HQ)
 
         def call() -> Any:
