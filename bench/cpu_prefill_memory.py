@@ -4,7 +4,8 @@
 
 The forward runs in a fresh child process (HQ=16, H=1, dk=dv=64, float32, the paper's block
 sizes); the child reports its own peak resident set size (getrusage ru_maxrss) after creating
-the inputs and after the forward. The result is written as JSON with the commit and torch version.
+the inputs and after the forward. The result is written as JSON with the commit, torch version
+and the machine's load average (the time is only comparable at equal load).
 Not run by CI.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -44,7 +46,9 @@ def child(tokens: int) -> None:
     if not torch.isfinite(o).all():
         raise SystemExit("the forward produced non-finite values")
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"rss_inputs": rss_inputs, "rss_peak": rss_peak, "seconds": seconds}))
+    print(json.dumps({
+        "rss_inputs": rss_inputs, "rss_peak": rss_peak, "seconds": seconds, "load": os.getloadavg()[0]
+    }))
 
 
 def main() -> None:
@@ -82,6 +86,8 @@ def main() -> None:
         "peak_rss_gib": round(measured["rss_peak"] / 2**30, 3),
         "rss_after_inputs_bytes": measured["rss_inputs"],
         "forward_seconds": round(measured["seconds"], 3),
+        "load_average_1min_after": round(measured["load"], 2),
+        "note": "time is wall clock on a shared 2-core machine; see load_average_1min_after",
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"prefill-memory-T{args.tokens}.json"
