@@ -34,13 +34,14 @@ K_SCORES = 2.0
 #   legitimate reordering of sums over up to ~10^4 terms and libm differences in exp/log
 #   (~10^4 * 2.2e-16 ~ 2e-12, more where the softmax Jacobian cancels). 1e-10 is far above that
 #   and far below any semantic bug (a leaked key, a wrong mask or scale moves results by >= 1e-6).
-# low precision: two units in the last place of the dtype, for quantities the naive computation
-#   happens to get exactly (e.g. one key, weight exactly 1) while a backend rounds once more.
+# low precision: one unit in the last place at the quantity's magnitude (eps * magnitude), for
+#   quantities the naive computation happens to get exactly (one key of weight exactly 1, T = 1)
+#   while a backend rounds once more (an extra cast of an intermediate costs up to half an ulp).
 FLOOR = {
     "float64": 1e-10,
-    "float32": 2.0 * float(np.finfo(np.float32).eps),
-    "float16": 2.0 * float(np.finfo(np.float16).eps),
-    "bfloat16": 2.0 * 2.0**-7,
+    "float32": float(np.finfo(np.float32).eps),
+    "float16": float(np.finfo(np.float16).eps),
+    "bfloat16": 2.0**-7,
 }
 
 
