@@ -30,7 +30,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "quick: small subset (< 60 s on a GPU), the benchmark gate")
-    _load_hypothesis_profile()
     name = config.getoption("--nsa-backend")
     if name is None:
         return
@@ -51,13 +50,18 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--nsa-dtype {dtype!r}: must be one of {DTYPES}")
 
 
-def _load_hypothesis_profile() -> None:
+# Hypothesis profiles by HYPOTHESIS_PROFILE. Applied to the suite's own tests only (see
+# `hypothesis_settings`), never loaded globally: other packages' tests keep their own profiles.
+PROFILES = {"ci": 6, "thorough": 200}
+
+
+def hypothesis_settings():
+    """Settings for the suite's Hypothesis tests: fixed seeds, examples from the profile."""
     from hypothesis import HealthCheck, settings
 
-    common = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-    settings.register_profile("ci", max_examples=6, **common)
-    settings.register_profile("thorough", max_examples=200, **common)
-    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+    examples = PROFILES.get(os.environ.get("HYPOTHESIS_PROFILE", "ci"), PROFILES["ci"])
+    return settings(max_examples=examples, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 def _dtypes(config: pytest.Config) -> list[str]:

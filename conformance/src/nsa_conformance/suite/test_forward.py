@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from nsa_spec.reference.nsa import nsa_attention
 
 from nsa_conformance import lowprec, tolerances
 from nsa_conformance.cases import FORWARD, QUICK_FORWARD, Case
 from nsa_conformance.harness import BRANCHES, assert_close, assert_forward
+from nsa_conformance.plugin import hypothesis_settings
 
 CASES = [pytest.param(c, id=str(c), marks=[pytest.mark.quick] if c in QUICK_FORWARD else []) for c in FORWARD]
 
@@ -73,7 +74,7 @@ def cases(draw: st.DrawFn) -> Case:
     )
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@hypothesis_settings()
 @given(case=cases())
 def test_forward_random_shapes(runner, case: Case) -> None:
     """The full forward over the shape space (profile from HYPOTHESIS_PROFILE: ci or thorough)."""
