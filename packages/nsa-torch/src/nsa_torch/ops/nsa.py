@@ -38,6 +38,7 @@ CHUNK_BYTES = {"cpu": 512 * 2**20, "cuda": 4 * 2**30}
 """Default budget per device type for one chunk's largest temporaries (gathered keys/values and
 scores): large enough on a GPU to keep kernels busy, small enough on a CPU to keep RSS low."""
 
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; every other float runs its softmax and accumulations in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
