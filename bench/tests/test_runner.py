@@ -136,3 +136,15 @@ def test_torch_selection_adapter_computes_the_reference_branch():
     for row in a["indices"][0].numpy().reshape(-1, 2):  # valid selections: ascending, -1 padded
         got = row[row >= 0]
         assert len(got) >= 1 and list(got) == sorted(set(got)) and (row[len(got):] == -1).all()
+
+
+def test_cli_overrides():
+    a = cli._parser().parse_args(["run", "prefill-groups", "--backend", "torch", "sdpa-cudnn", "--smoke",
+                                  "--seqlens", "64,128", "--groups", "2,4", "--modes", "fwd"])
+    o = cli._overrides(a)
+    assert (o.seqlens, o.groups, o.modes, o.heads_q, o.head_dim) == ([64, 128], [2, 4], ["fwd"], 16, 32)
+    assert o.config == cli.SMOKE_CONFIG and a.backend == ["torch", "sdpa-cudnn"] and a.device == "cuda"
+    cases = workloads.get("prefill-groups").cases(o)
+    assert [(c.group_size, c.seqlen) for c in cases] == [(2, 64), (2, 128), (4, 64), (4, 128)]
+    plain = cli._overrides(cli._parser().parse_args(["run", "decode-paper", "--backend", "torch"]))
+    assert plain == workloads.Overrides()
