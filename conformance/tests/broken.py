@@ -147,5 +147,20 @@ class FormulaReads(Broken):
         return DecodeResult(out=result.out, reads=reads)
 
 
+class PackedDenseLeak(Broken):
+    """Packed sequences attend densely with a block-diagonal mask: 0 * NaN from other sequences leaks."""
+
+    name, bug = "broken-packed-dense-leak", "masked-out values of other packed sequences still multiplied in"
+
+    def forward(self, inputs: NSAInputs, config: NSAConfig) -> NSAOutput:
+        out = nsa_attention(inputs, config)
+        if inputs.cu_seqlens is None:
+            return out
+        zero_weights = np.zeros(np.shape(inputs.v_win)[1])
+        leak = np.einsum("s,bshd->bhd", zero_weights, np.asarray(inputs.v_win))  # [B, H, dv], NaN if any v is
+        G = np.shape(inputs.q)[2] // np.shape(inputs.v_win)[2]
+        return NSAOutput(o=out.o + np.repeat(leak, G, axis=1)[:, None], lse=out.lse, indices=out.indices)
+
+
 BROKEN = [WindowTopLeft, ScoresSeeTheFuture, DropsForcedBlock, HigherIndexWinsTies, LateEmission,
-          FormulaReads]
+          FormulaReads, PackedDenseLeak]
