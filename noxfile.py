@@ -54,7 +54,7 @@ def spec(session: nox.Session) -> None:
 @nox.session(tags=["ci"])
 def torch(session: nox.Session) -> None:
     """nsa-torch's own tests: ops against the reference, module, cache, dispatch, a toy training run."""
-    session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch", *TEST_DEPS)
+    session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch", "matplotlib", *TEST_DEPS)
     session.run("pytest", "packages/nsa-torch/tests", *session.posargs)
 
 
