@@ -1,0 +1,92 @@
+"""Backend "triton": the forward kernels of `nsa_triton.ops` under the `nsa.backends` group.
+
+Forward only: backward and decode are outside the declared capabilities, so dispatch refuses
+them with that reason. Runs on CUDA; on the CPU only through Triton's interpreter, claimed when
+TRITON_INTERPRET=1 is set at construction time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from nsa_spec.backends.capabilities import Capabilities, Problem
+from nsa_spec.config import NSAConfig
+from nsa_spec.contract import DecodeCache, DecodeResult, NSAGrads, NSAInputs, NSAOutput
+from nsa_spec.errors import UnsupportedError
+
+DTYPES = ("float32", "bfloat16", "float16")
+HEAD_DIMS = frozenset(range(1, 257))
+
+
+def interpreted() -> bool:
+    """Whether Triton runs its interpreter (TRITON_INTERPRET=1) instead of compiling for a GPU."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+class TritonBackend:
+    """Triton forward kernels: the selected branch per (token, kv head) over its n blocks, a
+    causal band for the window, a tiled pass for the compressed branch and its block scores."""
+
+    name = "triton"
+    priority = 5
+
+    def __init__(self) -> None:
+        devices = {"cuda", "cpu"} if interpreted() else {"cuda"}
+        self.capabilities = Capabilities(
+            array_api="torch",
+            devices=frozenset(devices),
+            dtypes=frozenset(DTYPES),
+            ops=frozenset({"forward"}),
+            head_dims=HEAD_DIMS,
+            deterministic=True,
+            notes={
+                "all": "forward only (backward and decode: use backend 'torch'); softmax and "
+                "accumulation in float32, float32 inputs multiply in IEEE float32; top-n by "
+                "nsa_torch's stable sort",
+                "cpu": "only under Triton's interpreter (TRITON_INTERPRET=1 at construction)",
+            },
+        )
+
+    def unavailable_reason(self) -> str | None:
+        """None when Triton imports (the kernels need it), else why not."""
+        try:
+            import triton  # noqa: F401
+        except ImportError as err:
+            return f"triton cannot be imported: {err}"
+        return None
+
+    def not_supported_reasons(self, problem: Problem) -> list[str]:
+        """The capability rules `problem` breaks, plus a missing CUDA device."""
+        reasons = self.capabilities.reasons(problem)
+        if problem.device == "cuda" and not torch.cuda.is_available():
+            reasons.append("device='cuda' but torch.cuda.is_available() is False on this machine")
+        return reasons
+
+    def forward(self, inputs: NSAInputs, config: NSAConfig) -> NSAOutput:
+        """o, lse and selected indices."""
+        from nsa_triton.ops.nsa import nsa_attention
+
+        with torch.no_grad():
+            return nsa_attention(inputs, config)
+
+    def backward(self, inputs: NSAInputs, config: NSAConfig, out: NSAOutput, grad_o: Any) -> NSAGrads:
+        """Not implemented: raises `UnsupportedError`."""
+        raise UnsupportedError("backend 'triton' implements the forward only: op='backward' is not supported")
+
+    def decode(self, cache: DecodeCache, q: Any, gates: Any, config: NSAConfig) -> DecodeResult:
+        """Not implemented: raises `UnsupportedError`."""
+        raise UnsupportedError("backend 'triton' implements the forward only: op='decode' is not supported")
+
+    def asarray(self, x: np.ndarray, dtype: str, device: str) -> torch.Tensor:
+        """A NumPy array as a torch tensor of `dtype` on `device`."""
+        return torch.as_tensor(np.asarray(x)).to(device=device, dtype=getattr(torch, dtype))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """A tensor as a NumPy array (bfloat16 widened to float32)."""
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        return x.numpy()

@@ -1,0 +1,1 @@
+"""Triton kernels, one module per NSA stage: compress, select, window; nsa composes them."""

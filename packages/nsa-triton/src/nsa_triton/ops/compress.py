@@ -1,0 +1,184 @@
+"""The compressed branch and the block importance scores (Eqs. 8-10), as `nsa_torch.ops.compress`.
+
+Query t sees compressed token i iff i*d + l <= t + 1. One program handles a tile of tokens times
+the G query heads of one kv head (rows = (token, head) pairs) and runs an online softmax over the
+visible compressed tokens, writing o (float32) and the log-sum-exp. A second pass, with the
+log-sum-exp known, recomputes p_cmp, sums it over the group and maps it onto selection blocks:
+score[j] = sum_i M[i, j] p[i] with M[i, j] = |[i*d, i*d + l) n [j*l', (j+1)*l')| / d. Each
+program owns whole output blocks (it loads the l/d - 1 tokens of halo a block shares with its
+left neighbour), so no score is written twice and the pass is deterministic.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from nsa_spec.config import NSAConfig
+from torch import Tensor
+
+from nsa_triton.backend import interpreted
+from nsa_triton.ops.online import finish, online_step
+from nsa_triton.ops.tiles import dot_precision, group_tile, padded
+
+
+@triton.jit
+def _rows(pid_t, T, G, BT: tl.constexpr, GP: tl.constexpr):
+    r = tl.arange(0, BT * GP)
+    t = pid_t * BT + r // GP
+    g = r % GP
+    return t, g, (t < T) & (g < G)
+
+
+@triton.jit
+def _cmp_tile(n0, q, t, row_ok, m, den, acc, K, V, sk_n, sv_n, N, DK, DV, scale,
+              L_CMP: tl.constexpr, D_CMP: tl.constexpr, BN: tl.constexpr, DKP: tl.constexpr,
+              DVP: tl.constexpr, PREC: tl.constexpr):
+    i = n0 + tl.arange(0, BN)
+    ck = tl.arange(0, DKP)
+    cv = tl.arange(0, DVP)
+    k = tl.load(K + i[:, None] * sk_n + ck[None, :], mask=(i[:, None] < N) & (ck[None, :] < DK), other=0.0)
+    v = tl.load(V + i[:, None] * sv_n + cv[None, :], mask=(i[:, None] < N) & (cv[None, :] < DV), other=0.0)
+    vis = (i[None, :] * D_CMP + L_CMP <= t[:, None] + 1) & (i[None, :] < N) & row_ok[:, None]
+    return online_step(q, k, v, vis, m, den, acc, scale, PREC)
+
+
+@triton.jit
+def _cmp_fwd(Q, K, V, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n, sv_h, so_b, so_t, so_h,
+             sl_b, sl_t, sl_h, T, N, H, G, DK, DV, scale, L_CMP: tl.constexpr, D_CMP: tl.constexpr,
+             BT: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
+             PREC: tl.constexpr, WHILE: tl.constexpr):
+    pid_t = tl.program_id(0)
+    b = (tl.program_id(1) // H).to(tl.int64)
+    h = tl.program_id(1) % H
+    t, g, row_ok = _rows(pid_t, T, G, BT, GP)
+    hq = h * G + g
+    ck = tl.arange(0, DKP)
+    cv = tl.arange(0, DVP)
+    q = tl.load(Q + b * sq_b + t.to(tl.int64)[:, None] * sq_t + hq[:, None] * sq_h + ck[None, :],
+                mask=row_ok[:, None] & (ck[None, :] < DK), other=0.0)
+    m = tl.full([BT * GP], float("-inf"), tl.float32)
+    den = tl.zeros([BT * GP], tl.float32)
+    acc = tl.zeros([BT * GP, DVP], tl.float32)
+    t_last = tl.minimum(pid_t * BT + BT - 1, T - 1)
+    n_hi = tl.minimum(tl.maximum(t_last + 1 - L_CMP + D_CMP, 0) // D_CMP, N)
+    K += b * sk_b + h * sk_h
+    V += b * sv_b + h * sv_h
+    if WHILE:
+        n0 = 0
+        while n0 < n_hi:
+            m, den, acc = _cmp_tile(n0, q, t, row_ok, m, den, acc, K, V, sk_n, sv_n, N, DK, DV,
+                                    scale, L_CMP, D_CMP, BN, DKP, DVP, PREC)
+            n0 += BN
+    else:
+        for n0 in range(0, n_hi, BN):
+            m, den, acc = _cmp_tile(n0, q, t, row_ok, m, den, acc, K, V, sk_n, sv_n, N, DK, DV,
+                                    scale, L_CMP, D_CMP, BN, DKP, DVP, PREC)
+    o, lse = finish(m, den, acc)
+    rows = b * so_b + t.to(tl.int64) * so_t + hq * so_h
+    tl.store(O + rows[:, None] + cv[None, :], o, mask=row_ok[:, None] & (cv[None, :] < DV))
+    tl.store(LSE + b * sl_b + t.to(tl.int64) * sl_t + hq * sl_h, lse, mask=row_ok)
+
+
+@triton.jit
+def _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, scale,
+                 L_CMP: tl.constexpr, D_CMP: tl.constexpr, L_SLC: tl.constexpr, BJ: tl.constexpr,
+                 BT: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, BJP: tl.constexpr,
+                 DKP: tl.constexpr, PREC: tl.constexpr):
+    ck = tl.arange(0, DKP)
+    jl = tl.arange(0, BJP)
+    i = j0 * (L_SLC // D_CMP) - (L_CMP // D_CMP - 1) + tl.arange(0, BN)
+    in_range = (i >= 0) & (i < N)
+    k = tl.load(K + i[:, None] * sk_n + ck[None, :], mask=in_range[:, None] & (ck[None, :] < DK), other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
+    vis = (i[None, :] * D_CMP + L_CMP <= t[:, None] + 1) & in_range[None, :] & row_ok[:, None]
+    p = tl.where(vis, tl.exp(s - lse[:, None]), 0.0)
+    p = tl.sum(tl.reshape(p, [BT, GP, BN]), 1)
+    j = j0 + jl
+    lo = tl.maximum(i[:, None] * D_CMP, j[None, :] * L_SLC)
+    hi = tl.minimum(i[:, None] * D_CMP + L_CMP, (j[None, :] + 1) * L_SLC)
+    w = tl.maximum(hi - lo, 0).to(tl.float32) / D_CMP
+    w = tl.where(in_range[:, None] & (jl[None, :] < BJ), w, 0.0)
+    score = tl.sum(p[:, :, None] * w[None, :, :], 1)
+    tl.store(S + tok.to(tl.int64)[:, None] * ss_t + j[None, :], score,
+             mask=(tok[:, None] < T) & (jl[None, :] < BJ) & (j[None, :] < NB))
+
+
+@triton.jit
+def _cmp_scores(Q, K, LSE, S, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sl_b, sl_t, sl_h, ss_b, ss_t, ss_h,
+                T, N, H, G, DK, NB, scale, L_CMP: tl.constexpr, D_CMP: tl.constexpr,
+                L_SLC: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, GP: tl.constexpr,
+                BN: tl.constexpr, BJP: tl.constexpr, DKP: tl.constexpr, PREC: tl.constexpr,
+                WHILE: tl.constexpr):
+    pid_t = tl.program_id(0)
+    b = (tl.program_id(1) // H).to(tl.int64)
+    h = tl.program_id(1) % H
+    t, g, row_ok = _rows(pid_t, T, G, BT, GP)
+    hq = h * G + g
+    ck = tl.arange(0, DKP)
+    q = tl.load(Q + b * sq_b + t.to(tl.int64)[:, None] * sq_t + hq[:, None] * sq_h + ck[None, :],
+                mask=row_ok[:, None] & (ck[None, :] < DK), other=0.0)
+    lse = tl.load(LSE + b * sl_b + t.to(tl.int64) * sl_t + hq * sl_h, mask=row_ok, other=float("-inf"))
+    lse = tl.where(lse == float("-inf"), 0.0, lse)
+    t_last = tl.minimum(pid_t * BT + BT - 1, T - 1)
+    n_hi = tl.minimum(tl.maximum(t_last + 1 - L_CMP + D_CMP, 0) // D_CMP, N)
+    j_hi = (n_hi * D_CMP + L_CMP + L_SLC - 1) // L_SLC
+    tok = pid_t * BT + tl.arange(0, BT)
+    K += b * sk_b + h * sk_h
+    S += b * ss_b + h * ss_h
+    if WHILE:
+        j0 = 0
+        while j0 < j_hi:
+            _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, scale, L_CMP,
+                         D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, PREC)
+            j0 += BJ
+    else:
+        for j0 in range(0, j_hi, BJ):
+            _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, scale, L_CMP,
+                         D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, PREC)
+
+
+def _blocks_per_tile(config: NSAConfig, bn: int) -> int:
+    """Selection blocks whose overlapping compressed tokens (with the halo) fit `bn` tokens."""
+    per_block = config.slc_len // config.cmp_stride
+    return (bn - (config.cmp_len // config.cmp_stride - 1)) // per_block
+
+
+def compressed_attention(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, o: Tensor, lse: Tensor,
+                         config: NSAConfig, scale: float, rows: int = 64, bn: int = 64) -> None:
+    """Write the compressed branch of q [B, T, HQ, dk] over k_cmp/v_cmp [B, N, H, d] into
+    o [B, T, HQ, dv] (float32) and lse [B, T, HQ] (a float32 view, -inf where no token is visible)."""
+    B, T, HQ, dk = q.shape
+    N, H, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[3]
+    bt, gp = group_tile(HQ // H, rows)
+    _cmp_fwd[(triton.cdiv(T, bt), B * H)](
+        q, k_cmp, v_cmp, o, lse, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0),
+        k_cmp.stride(1), k_cmp.stride(2), v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2),
+        o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
+        T, N, H, HQ // H, dk, dv, scale, L_CMP=config.cmp_len, D_CMP=config.cmp_stride,
+        BT=bt, GP=gp, BN=bn, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
+        WHILE=interpreted(),
+    )
+
+
+def importance_scores(q: Tensor, k_cmp: Tensor, lse: Tensor, n_blocks: int, config: NSAConfig,
+                      scale: float, rows: int = 64, bn: int = 64) -> Tensor:
+    """Group-summed block scores (Eqs. 9-10) -> [B, T, H, n_blocks] float32, given the compressed
+    branch's lse [B, T, HQ]. Blocks no query of a tile can see are 0."""
+    B, T, HQ, dk = q.shape
+    N, H = k_cmp.shape[1], k_cmp.shape[2]
+    bt, gp = group_tile(HQ // H, rows)
+    per_block = config.slc_len // config.cmp_stride
+    halo = config.cmp_len // config.cmp_stride - 1
+    bn = max(bn, padded(per_block + halo))
+    bj = _blocks_per_tile(config, bn)
+    scores = torch.zeros((B, T, H, n_blocks), dtype=torch.float32, device=q.device)
+    _cmp_scores[(triton.cdiv(T, bt), B * H)](
+        q, k_cmp, lse, scores, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0),
+        k_cmp.stride(1), k_cmp.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
+        scores.stride(0), scores.stride(1), scores.stride(2), T, N, H, HQ // H, dk, n_blocks, scale,
+        L_CMP=config.cmp_len, D_CMP=config.cmp_stride, L_SLC=config.slc_len, BJ=bj, BT=bt, GP=gp,
+        BN=bn, BJP=triton.next_power_of_2(bj), DKP=padded(dk), PREC=dot_precision(q.dtype),
+        WHILE=interpreted(),
+    )
+    return scores

@@ -1,0 +1,81 @@
+"""The selected branch (Eq. 12), the NSA way, and top-n selection.
+
+One program per (token, kv head) loads the G query heads of the group (padded to >= 16 rows for
+the matrix units) once and walks that token's n selected blocks (indices [B, T, H, n], -1
+padded), keys clamped to positions <= t, with an online softmax in float32. Top-n (Eq. 11) is
+`nsa_torch.ops.select.top_n` (stable sort: block 0, c-1 and c forced, lower index wins ties).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from nsa_spec.config import NSAConfig
+from nsa_torch.ops.select import top_n
+from torch import Tensor
+
+from nsa_triton.ops.online import finish, online_step
+from nsa_triton.ops.tiles import dot_precision, padded
+
+
+@triton.jit
+def _slc_fwd(Q, K, V, IDX, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
+             si_b, si_t, si_h, so_b, so_t, so_h, sl_b, sl_t, sl_h, H, G, DK, DV, scale, N_SEL: tl.constexpr,
+             L_SLC: tl.constexpr, BL: tl.constexpr, GP: tl.constexpr, DKP: tl.constexpr,
+             DVP: tl.constexpr, PREC: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    b = (tl.program_id(1) // H).to(tl.int64)
+    h = tl.program_id(1) % H
+    g = tl.arange(0, GP)
+    g_ok = g < G
+    hq = h * G + g
+    ck = tl.arange(0, DKP)
+    cv = tl.arange(0, DVP)
+    q = tl.load(Q + b * sq_b + t * sq_t + hq[:, None] * sq_h + ck[None, :],
+                mask=g_ok[:, None] & (ck[None, :] < DK), other=0.0)
+    m = tl.full([GP], float("-inf"), tl.float32)
+    den = tl.zeros([GP], tl.float32)
+    acc = tl.zeros([GP, DVP], tl.float32)
+    offs = tl.arange(0, BL)
+    K += b * sk_b + h * sk_h
+    V += b * sv_b + h * sv_h
+    for slot in range(N_SEL):
+        blk = tl.load(IDX + b * si_b + t * si_t + h * si_h + slot)
+        pos = blk.to(tl.int64) * L_SLC + offs
+        ok = (blk >= 0) & (offs < L_SLC) & (pos <= t)
+        k = tl.load(K + pos[:, None] * sk_t + ck[None, :], mask=ok[:, None] & (ck[None, :] < DK), other=0.0)
+        v = tl.load(V + pos[:, None] * sv_t + cv[None, :], mask=ok[:, None] & (cv[None, :] < DV), other=0.0)
+        m, den, acc = online_step(q, k, v, ok[None, :], m, den, acc, scale, PREC)
+    o, lse = finish(m, den, acc)
+    tl.store(O + b * so_b + t * so_t + hq[:, None] * so_h + cv[None, :], o,
+             mask=g_ok[:, None] & (cv[None, :] < DV))
+    tl.store(LSE + b * sl_b + t * sl_t + hq * sl_h, lse, mask=g_ok)
+
+
+def select_blocks(scores: Tensor, config: NSAConfig, chunk: int = 8192) -> Tensor:
+    """Eq. 11 on scores [B, T, H, n_blocks] -> indices [B, T, H, n] (int32, ascending, -1 padded),
+    `chunk` tokens at a time to bound the sort's temporaries."""
+    T = scores.shape[1]
+    parts = []
+    for t0 in range(0, T, chunk):
+        positions = torch.arange(t0, min(T, t0 + chunk), device=scores.device)
+        parts.append(top_n(scores[:, t0:t0 + chunk], positions, config).to(torch.int32))
+    return torch.cat(parts, 1)
+
+
+def selected_attention(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Tensor,
+                       lse: Tensor, config: NSAConfig, scale: float) -> None:
+    """Write the selected branch of q [B, T, HQ, dk] over the blocks `indices` [B, T, H, n] of
+    k_slc/v_slc [B, T, H, d] into o [B, T, HQ, dv] (float32) and lse [B, T, HQ] (a float32 view)."""
+    B, T, HQ, dk = q.shape
+    H, dv = k_slc.shape[2], v_slc.shape[3]
+    indices = indices.contiguous()
+    _slc_fwd[(T, B * H)](
+        q, k_slc, v_slc, indices, o, lse, q.stride(0), q.stride(1), q.stride(2), k_slc.stride(0),
+        k_slc.stride(1), k_slc.stride(2), v_slc.stride(0), v_slc.stride(1), v_slc.stride(2),
+        indices.stride(0), indices.stride(1), indices.stride(2), o.stride(0), o.stride(1),
+        o.stride(2), lse.stride(0), lse.stride(1), lse.stride(2), H, HQ // H, dk, dv,
+        scale, N_SEL=indices.shape[3], L_SLC=config.slc_len, BL=padded(config.slc_len),
+        GP=padded(HQ // H), DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
+    )

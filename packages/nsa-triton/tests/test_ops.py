@@ -1,0 +1,96 @@
+"""The kernels against the float64 reference at small shapes (the full check is the conformance
+suite). On CPU they run under Triton's interpreter (conftest.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from nsa_spec import NSAConfig, NSAInputs, UnsupportedError
+from nsa_spec import reference as ref
+from nsa_spec.blocks import n_slc_blocks
+from nsa_spec.reference.compress import compressed_attention as ref_compressed
+from nsa_spec.reference.select import importance_scores as ref_scores
+from nsa_triton.backend import TritonBackend
+from nsa_triton.ops import compress, nsa
+
+CFG = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=16, top_n=4, window=24)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_inputs(rng, B, T, HQ, H, dk, dv, config=CFG, cu_seqlens=None):
+    raw = {
+        "q": rng.standard_normal((B, T, HQ, dk)),
+        "k_raw": rng.standard_normal((B, T, H, dk)), "v_raw": rng.standard_normal((B, T, H, dv)),
+        "k_slc": rng.standard_normal((B, T, H, dk)), "v_slc": rng.standard_normal((B, T, H, dv)),
+        "k_win": rng.standard_normal((B, T, H, dk)), "v_win": rng.standard_normal((B, T, H, dv)),
+        "gates": rng.uniform(size=(B, T, HQ, 3)),
+    }
+    return ref.compress_inputs(**raw, config=config, cu_seqlens=cu_seqlens)
+
+
+def float32_values(inputs: NSAInputs) -> NSAInputs:
+    """The inputs rounded to float32 (what the kernels see), kept float64 for the oracle."""
+    return inputs.replace(**{n: x.astype(np.float32).astype(np.float64) for n, x in inputs.arrays().items()})
+
+
+def to_torch(inputs: NSAInputs) -> NSAInputs:
+    arrays = {n: torch.from_numpy(x).to(DEVICE, torch.float32) for n, x in inputs.arrays().items()}
+    return inputs.replace(**arrays)
+
+
+def close(got: torch.Tensor, want: np.ndarray) -> None:
+    np.testing.assert_allclose(got.double().cpu().numpy(), want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    ("B", "T", "HQ", "H", "dk", "dv", "config"),
+    [(2, 101, 4, 2, 8, 6, CFG), (1, 7, 2, 1, 4, 4, CFG), (1, 130, 6, 2, 16, 32, CFG),
+     (1, 150, 4, 1, 8, 8, NSAConfig(cmp_len=4, cmp_stride=4, slc_len=8, top_n=3, window=5))],
+)
+def test_forward_matches_reference(B, T, HQ, H, dk, dv, config):
+    """Float32 inputs (IEEE products): indices exact, o and lse to float32 rounding."""
+    inputs = make_inputs(np.random.default_rng(T), B, T, HQ, H, dk, dv, config)
+    inputs = float32_values(inputs)
+    want = ref.nsa_attention(inputs, config)
+    got = nsa.nsa_attention(to_torch(inputs), config)
+    np.testing.assert_array_equal(got.indices.cpu().numpy(), want.indices)
+    close(got.o, want.o)
+    finite = np.isfinite(want.lse)
+    np.testing.assert_array_equal(np.isfinite(got.lse.cpu().numpy()), finite)
+    close(got.lse[torch.from_numpy(finite)], want.lse[finite])
+
+
+def test_importance_scores_match_reference():
+    """Group-summed, overlap-mapped block scores equal Eqs. 9-10 of the reference."""
+    T, HQ, H, dk = 90, 4, 2, 8
+    inputs = make_inputs(np.random.default_rng(5), 1, T, HQ, H, dk, dk)
+    o_ref, _, p_ref = ref_compressed(inputs.q[0], inputs.k_cmp[0], inputs.v_cmp[0], CFG, np)
+    want = ref_scores(np.asarray(p_ref), n_slc_blocks(T, CFG), CFG)
+    a = to_torch(inputs)
+    o = torch.empty((1, T, HQ, dk), dtype=torch.float32, device=DEVICE)
+    lse = torch.empty((1, T, HQ), dtype=torch.float32, device=DEVICE)
+    scale = CFG.softmax_scale(dk)
+    compress.compressed_attention(a.q, a.k_cmp, a.v_cmp, o, lse, CFG, scale)
+    close(o[0], o_ref)
+    got = compress.importance_scores(a.q, a.k_cmp, lse, n_slc_blocks(T, CFG), CFG, scale)
+    close(got[0], want)
+
+
+def test_varlen_matches_reference():
+    cu = np.array([0, 5, 40, 97])
+    inputs = make_inputs(np.random.default_rng(1), 1, 97, 4, 2, 8, 8, cu_seqlens=cu)
+    inputs = float32_values(inputs)
+    want = ref.nsa_attention(inputs, CFG)
+    got = nsa.nsa_attention(to_torch(inputs).replace(cu_seqlens=cu), CFG)
+    np.testing.assert_array_equal(got.indices.cpu().numpy(), want.indices)
+    close(got.o, want.o)
+
+
+def test_backward_and_decode_refused():
+    backend = TritonBackend()
+    assert backend.capabilities.ops == frozenset({"forward"})
+    with pytest.raises(UnsupportedError, match="forward only"):
+        backend.backward(None, CFG, None, None)
+    with pytest.raises(UnsupportedError, match="forward only"):
+        backend.decode(None, None, None, CFG)
