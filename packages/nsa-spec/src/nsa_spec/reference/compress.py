@@ -35,19 +35,24 @@ def phi_mean(blocks: Any, params: Any, xp: Any = np) -> Any:
     return xp.mean(blocks, axis=2)
 
 
-def phi_mlp(blocks: Any, params: Any, xp: Any = np) -> Any:
-    """The paper's MLP with intra-block position embedding: [B, N, l, H, D] -> [B, N, H, D]."""
-    B, N, l, H, D = blocks.shape
+def check_mlp_params(params: Any, l: int, dim: int) -> None:
+    """Raise `InvalidInputError` unless `params` fit phi 'mlp' for blocks of l tokens of width dim."""
     if params is None or not {"pos", "w1", "b1", "w2", "b2"} <= set(params):
         raise InvalidInputError(
             "phi 'mlp' needs phi_params with keys pos, w1, b1, w2, b2: "
             f"got {None if params is None else sorted(params)}"
         )
-    if tuple(params["pos"].shape) != (l, D) or params["w1"].shape[0] != l * D:
+    if tuple(params["pos"].shape) != (l, dim) or params["w1"].shape[0] != l * dim:
         raise InvalidInputError(
-            f"phi 'mlp' params must have pos [l, D] = [{l}, {D}] and w1 [l*D, hidden]: "
+            f"phi 'mlp' params must have pos [l, D] = [{l}, {dim}] and w1 [l*D, hidden]: "
             f"pos.shape={tuple(params['pos'].shape)}, w1.shape={tuple(params['w1'].shape)}"
         )
+
+
+def phi_mlp(blocks: Any, params: Any, xp: Any = np) -> Any:
+    """The paper's MLP with intra-block position embedding: [B, N, l, H, D] -> [B, N, H, D]."""
+    B, N, l, H, D = blocks.shape
+    check_mlp_params(params, l, D)
     x = blocks + params["pos"][None, None, :, None, :]
     x = xp.reshape(xp.transpose(x, (0, 1, 3, 2, 4)), (B, N, H, l * D))
     h = x @ params["w1"] + params["b1"]

@@ -14,6 +14,7 @@ import torch
 from nsa_spec.blocks import n_cmp
 from nsa_spec.config import NSAConfig
 from nsa_spec.errors import InvalidInputError
+from nsa_spec.reference.compress import check_mlp_params
 from torch import Tensor
 
 from nsa_torch.ops.attention import attention_probs
@@ -34,16 +35,7 @@ def phi_mlp(blocks: Tensor, params: Any) -> Tensor:
     blocks [B, N, l, H, D]; params pos [l, D], w1 [l*D, hidden], b1 [hidden], w2 [hidden, D], b2 [D].
     """
     B, N, l, H, D = blocks.shape
-    if params is None or not {"pos", "w1", "b1", "w2", "b2"} <= set(params):
-        raise InvalidInputError(
-            "phi 'mlp' needs phi_params with keys pos, w1, b1, w2, b2: "
-            f"got {None if params is None else sorted(params)}"
-        )
-    if tuple(params["pos"].shape) != (l, D) or params["w1"].shape[0] != l * D:
-        raise InvalidInputError(
-            f"phi 'mlp' params must have pos [l, D] = [{l}, {D}] and w1 [l*D, hidden]: "
-            f"pos.shape={tuple(params['pos'].shape)}, w1.shape={tuple(params['w1'].shape)}"
-        )
+    check_mlp_params(params, l, D)
     x = blocks + params["pos"][None, None, :, None, :]
     x = x.permute(0, 1, 3, 2, 4).reshape(B, N, H, l * D)
     h = torch.nn.functional.silu(x @ params["w1"] + params["b1"])
