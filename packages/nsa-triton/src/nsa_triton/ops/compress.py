@@ -18,7 +18,7 @@ from nsa_spec.config import NSAConfig
 from torch import Tensor
 
 from nsa_triton.backend import interpreted
-from nsa_triton.ops.online import finish, online_step
+from nsa_triton.ops.online import dot, finish, online_step
 from nsa_triton.ops.tiles import dot_precision, group_tile, padded
 
 
@@ -33,21 +33,21 @@ def _rows(pid_t, T, G, BT: tl.constexpr, GP: tl.constexpr):
 @triton.jit
 def _cmp_tile(n0, q, t, row_ok, m, den, acc, K, V, sk_n, sv_n, N, DK, DV, scale,
               L_CMP: tl.constexpr, D_CMP: tl.constexpr, BN: tl.constexpr, DKP: tl.constexpr,
-              DVP: tl.constexpr, PREC: tl.constexpr):
+              DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
     i = n0 + tl.arange(0, BN)
     ck = tl.arange(0, DKP)
     cv = tl.arange(0, DVP)
     k = tl.load(K + i[:, None] * sk_n + ck[None, :], mask=(i[:, None] < N) & (ck[None, :] < DK), other=0.0)
     v = tl.load(V + i[:, None] * sv_n + cv[None, :], mask=(i[:, None] < N) & (cv[None, :] < DV), other=0.0)
     vis = (i[None, :] * D_CMP + L_CMP <= t[:, None] + 1) & (i[None, :] < N) & row_ok[:, None]
-    return online_step(q, k, v, vis, m, den, acc, scale, PREC)
+    return online_step(q, k, v, vis, m, den, acc, scale, PREC, INTERP)
 
 
 @triton.jit
 def _cmp_fwd(Q, K, V, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n, sv_h, so_b, so_t, so_h,
              sl_b, sl_t, sl_h, T, N, H, G, DK, DV, scale, L_CMP: tl.constexpr, D_CMP: tl.constexpr,
              BT: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
-             PREC: tl.constexpr, WHILE: tl.constexpr):
+             PREC: tl.constexpr, INTERP: tl.constexpr):
     pid_t = tl.program_id(0)
     b = (tl.program_id(1) // H).to(tl.int64)
     h = tl.program_id(1) % H
@@ -64,16 +64,16 @@ def _cmp_fwd(Q, K, V, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n, sv
     n_hi = tl.minimum(tl.maximum(t_last + 1 - L_CMP + D_CMP, 0) // D_CMP, N)
     K += b * sk_b + h * sk_h
     V += b * sv_b + h * sv_h
-    if WHILE:
+    if INTERP:
         n0 = 0
         while n0 < n_hi:
             m, den, acc = _cmp_tile(n0, q, t, row_ok, m, den, acc, K, V, sk_n, sv_n, N, DK, DV,
-                                    scale, L_CMP, D_CMP, BN, DKP, DVP, PREC)
+                                    scale, L_CMP, D_CMP, BN, DKP, DVP, PREC, INTERP)
             n0 += BN
     else:
         for n0 in range(0, n_hi, BN):
             m, den, acc = _cmp_tile(n0, q, t, row_ok, m, den, acc, K, V, sk_n, sv_n, N, DK, DV,
-                                    scale, L_CMP, D_CMP, BN, DKP, DVP, PREC)
+                                    scale, L_CMP, D_CMP, BN, DKP, DVP, PREC, INTERP)
     o, lse = finish(m, den, acc)
     rows = b * so_b + t.to(tl.int64) * so_t + hq * so_h
     tl.store(O + rows[:, None] + cv[None, :], o, mask=row_ok[:, None] & (cv[None, :] < DV))
@@ -84,15 +84,15 @@ def _cmp_fwd(Q, K, V, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n, sv
 def _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, scale,
                  L_CMP: tl.constexpr, D_CMP: tl.constexpr, L_SLC: tl.constexpr, BJ: tl.constexpr,
                  BT: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, BJP: tl.constexpr,
-                 DKP: tl.constexpr, PREC: tl.constexpr):
+                 DKP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
     ck = tl.arange(0, DKP)
     jl = tl.arange(0, BJP)
     i = j0 * (L_SLC // D_CMP) - (L_CMP // D_CMP - 1) + tl.arange(0, BN)
     in_range = (i >= 0) & (i < N)
     k = tl.load(K + i[:, None] * sk_n + ck[None, :], mask=in_range[:, None] & (ck[None, :] < DK), other=0.0)
-    s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
+    s = dot(q, tl.trans(k), PREC, INTERP) * scale
     vis = (i[None, :] * D_CMP + L_CMP <= t[:, None] + 1) & in_range[None, :] & row_ok[:, None]
-    p = tl.where(vis, tl.exp(s - lse[:, None]), 0.0)
+    p = tl.exp(tl.where(vis, s - lse[:, None], float("-inf")))
     p = tl.sum(tl.reshape(p, [BT, GP, BN]), 1)
     j = j0 + jl
     lo = tl.maximum(i[:, None] * D_CMP, j[None, :] * L_SLC)
@@ -109,7 +109,7 @@ def _cmp_scores(Q, K, LSE, S, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sl_b, sl_t, sl
                 T, N, H, G, DK, NB, scale, L_CMP: tl.constexpr, D_CMP: tl.constexpr,
                 L_SLC: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, GP: tl.constexpr,
                 BN: tl.constexpr, BJP: tl.constexpr, DKP: tl.constexpr, PREC: tl.constexpr,
-                WHILE: tl.constexpr):
+                INTERP: tl.constexpr):
     pid_t = tl.program_id(0)
     b = (tl.program_id(1) // H).to(tl.int64)
     h = tl.program_id(1) % H
@@ -126,16 +126,16 @@ def _cmp_scores(Q, K, LSE, S, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sl_b, sl_t, sl
     tok = pid_t * BT + tl.arange(0, BT)
     K += b * sk_b + h * sk_h
     S += b * ss_b + h * ss_h
-    if WHILE:
+    if INTERP:
         j0 = 0
         while j0 < j_hi:
             _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, scale, L_CMP,
-                         D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, PREC)
+                         D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, PREC, INTERP)
             j0 += BJ
     else:
         for j0 in range(0, j_hi, BJ):
             _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, scale, L_CMP,
-                         D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, PREC)
+                         D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, PREC, INTERP)
 
 
 def _blocks_per_tile(config: NSAConfig, bn: int) -> int:
@@ -157,7 +157,7 @@ def compressed_attention(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, o: Tensor, lse
         o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
         T, N, H, HQ // H, dk, dv, scale, L_CMP=config.cmp_len, D_CMP=config.cmp_stride,
         BT=bt, GP=gp, BN=bn, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
-        WHILE=interpreted(),
+        INTERP=interpreted(),
     )
 
 
@@ -179,6 +179,6 @@ def importance_scores(q: Tensor, k_cmp: Tensor, lse: Tensor, n_blocks: int, conf
         scores.stride(0), scores.stride(1), scores.stride(2), T, N, H, HQ // H, dk, n_blocks, scale,
         L_CMP=config.cmp_len, D_CMP=config.cmp_stride, L_SLC=config.slc_len, BJ=bj, BT=bt, GP=gp,
         BN=bn, BJP=triton.next_power_of_2(bj), DKP=padded(dk), PREC=dot_precision(q.dtype),
-        WHILE=interpreted(),
+        INTERP=interpreted(),
     )
     return scores

@@ -15,6 +15,7 @@ from nsa_spec.config import NSAConfig
 from nsa_torch.ops.select import top_n
 from torch import Tensor
 
+from nsa_triton.backend import interpreted
 from nsa_triton.ops.online import finish, online_step
 from nsa_triton.ops.tiles import dot_precision, padded
 
@@ -23,7 +24,7 @@ from nsa_triton.ops.tiles import dot_precision, padded
 def _slc_fwd(Q, K, V, IDX, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
              si_b, si_t, si_h, so_b, so_t, so_h, sl_b, sl_t, sl_h, H, G, DK, DV, scale, N_SEL: tl.constexpr,
              L_SLC: tl.constexpr, BL: tl.constexpr, GP: tl.constexpr, DKP: tl.constexpr,
-             DVP: tl.constexpr, PREC: tl.constexpr):
+             DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     b = (tl.program_id(1) // H).to(tl.int64)
     h = tl.program_id(1) % H
@@ -46,7 +47,7 @@ def _slc_fwd(Q, K, V, IDX, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_
         ok = (blk >= 0) & (offs < L_SLC) & (pos <= t)
         k = tl.load(K + pos[:, None] * sk_t + ck[None, :], mask=ok[:, None] & (ck[None, :] < DK), other=0.0)
         v = tl.load(V + pos[:, None] * sv_t + cv[None, :], mask=ok[:, None] & (cv[None, :] < DV), other=0.0)
-        m, den, acc = online_step(q, k, v, ok[None, :], m, den, acc, scale, PREC)
+        m, den, acc = online_step(q, k, v, ok[None, :], m, den, acc, scale, PREC, INTERP)
     o, lse = finish(m, den, acc)
     tl.store(O + b * so_b + t * so_t + hq[:, None] * so_h + cv[None, :], o,
              mask=g_ok[:, None] & (cv[None, :] < DV))
@@ -78,4 +79,5 @@ def selected_attention(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor,
         o.stride(2), lse.stride(0), lse.stride(1), lse.stride(2), H, HQ // H, dk, dv,
         scale, N_SEL=indices.shape[3], L_SLC=config.slc_len, BL=padded(config.slc_len),
         GP=padded(HQ // H), DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
+        INTERP=interpreted(),
     )

@@ -21,7 +21,7 @@ from nsa_triton.ops.tiles import dot_precision, group_tile, padded
 
 @triton.jit
 def _win_tile(s0, q, t, row_ok, m, den, acc, K, V, sk_t, sv_t, hi, W, DK, DV, scale, BN: tl.constexpr,
-              DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr):
+              DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
     s_pos = s0 + tl.arange(0, BN)
     ck = tl.arange(0, DKP)
     cv = tl.arange(0, DVP)
@@ -30,14 +30,14 @@ def _win_tile(s0, q, t, row_ok, m, den, acc, K, V, sk_t, sv_t, hi, W, DK, DV, sc
     k = tl.load(K + rows * sk_t + ck[None, :], mask=key_ok[:, None] & (ck[None, :] < DK), other=0.0)
     v = tl.load(V + rows * sv_t + cv[None, :], mask=key_ok[:, None] & (cv[None, :] < DV), other=0.0)
     band = (s_pos[None, :] <= t[:, None]) & (s_pos[None, :] > t[:, None] - W) & key_ok[None, :]
-    return online_step(q, k, v, band & row_ok[:, None], m, den, acc, scale, PREC)
+    return online_step(q, k, v, band & row_ok[:, None], m, den, acc, scale, PREC, INTERP)
 
 
 @triton.jit
 def _win_fwd(Q, K, V, GATES, O_CMP, O_SLC, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t,
              sv_h, sg_b, sg_t, sg_h, sb_b, sb_t, sb_h, so_b, so_t, so_h, sl_b, sl_t, sl_h,
              T, H, G, DK, DV, scale, W, BT: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr,
-             DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr, WHILE: tl.constexpr):
+             DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
     pid_t = tl.program_id(0)
     b = (tl.program_id(1) // H).to(tl.int64)
     h = tl.program_id(1) % H
@@ -55,16 +55,16 @@ def _win_fwd(Q, K, V, GATES, O_CMP, O_SLC, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t,
     hi = tl.minimum(pid_t * BT + BT, T)
     K += b * sk_b + h * sk_h
     V += b * sv_b + h * sv_h
-    if WHILE:
+    if INTERP:
         s0 = lo
         while s0 < hi:
             m, den, acc = _win_tile(s0, q, t, row_ok, m, den, acc, K, V, sk_t, sv_t, hi, W, DK, DV,
-                                    scale, BN, DKP, DVP, PREC)
+                                    scale, BN, DKP, DVP, PREC, INTERP)
             s0 += BN
     else:
         for s0 in range(lo, hi, BN):
             m, den, acc = _win_tile(s0, q, t, row_ok, m, den, acc, K, V, sk_t, sv_t, hi, W, DK, DV,
-                                    scale, BN, DKP, DVP, PREC)
+                                    scale, BN, DKP, DVP, PREC, INTERP)
     o_win, lse = finish(m, den, acc)
     tl.store(LSE + b * sl_b + t64 * sl_t + hq * sl_h, lse, mask=row_ok)
     gate = GATES + b * sg_b + t64 * sg_t + hq * sg_h
@@ -98,5 +98,5 @@ def window_combine(q: Tensor, k_win: Tensor, v_win: Tensor, gates: Tensor, o_cmp
         o_cmp.stride(1), o_cmp.stride(2), o.stride(0), o.stride(1), o.stride(2), lse.stride(0),
         lse.stride(1), lse.stride(2), T, H, HQ // H, dk, dv, scale, config.window,
         BT=bt, GP=gp, BN=bn, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
-        WHILE=interpreted(),
+        INTERP=interpreted(),
     )
