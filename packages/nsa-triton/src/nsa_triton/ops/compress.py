@@ -145,7 +145,8 @@ def _blocks_per_tile(config: NSAConfig, bn: int) -> int:
 
 
 def compressed_attention(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, o: Tensor, lse: Tensor,
-                         config: NSAConfig, scale: float, rows: int = 64, bn: int = 64) -> None:
+                         config: NSAConfig, scale: float, rows: int = 64, bn: int = 64,
+                         num_warps: int = 4) -> None:
     """Write the compressed branch of q [B, T, HQ, dk] over k_cmp/v_cmp [B, N, H, d] into
     o [B, T, HQ, dv] (float32) and lse [B, T, HQ] (a float32 view, -inf where no token is visible)."""
     B, T, HQ, dk = q.shape
@@ -157,7 +158,7 @@ def compressed_attention(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, o: Tensor, lse
         o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
         T, N, H, HQ // H, dk, dv, scale, L_CMP=config.cmp_len, D_CMP=config.cmp_stride,
         BT=bt, GP=gp, BN=bn, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
-        INTERP=interpreted(),
+        INTERP=interpreted(), num_warps=num_warps,
     )
 
 

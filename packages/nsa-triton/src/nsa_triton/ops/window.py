@@ -82,7 +82,7 @@ def _win_fwd(Q, K, V, GATES, O_CMP, O_SLC, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t,
 
 def window_combine(q: Tensor, k_win: Tensor, v_win: Tensor, gates: Tensor, o_cmp: Tensor,
                    o_slc: Tensor, o: Tensor, lse: Tensor, config: NSAConfig, scale: float,
-                   rows: int = 64, bn: int = 64) -> None:
+                   rows: int = 64, bn: int = 64, num_warps: int = 4) -> None:
     """Write the window branch's lse [B, T, HQ] (a float32 view) and the gated o [B, T, HQ, dv].
 
     o_cmp and o_slc are float32 [B, T, HQ, dv] with equal strides; gates [B, T, HQ, 3] hold
@@ -98,5 +98,5 @@ def window_combine(q: Tensor, k_win: Tensor, v_win: Tensor, gates: Tensor, o_cmp
         o_cmp.stride(1), o_cmp.stride(2), o.stride(0), o.stride(1), o.stride(2), lse.stride(0),
         lse.stride(1), lse.stride(2), T, H, HQ // H, dk, dv, scale, config.window,
         BT=bt, GP=gp, BN=bn, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
-        INTERP=interpreted(),
+        INTERP=interpreted(), num_warps=num_warps,
     )
