@@ -11,8 +11,9 @@ from nsa_spec import reference as ref
 from nsa_spec.blocks import n_slc_blocks
 from nsa_spec.reference.compress import compressed_attention as ref_compressed
 from nsa_spec.reference.select import importance_scores as ref_scores
+from nsa_torch.ops.select import top_n
 from nsa_triton.backend import TritonBackend
-from nsa_triton.ops import compress, nsa
+from nsa_triton.ops import compress, nsa, select
 
 CFG = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=16, top_n=4, window=24)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,6 +76,19 @@ def test_importance_scores_match_reference():
     close(o[0], o_ref)
     got = compress.importance_scores(a.q, a.k_cmp, lse, n_slc_blocks(T, CFG), CFG, scale)
     close(got[0], want)
+
+
+SMALL = NSAConfig(cmp_len=4, cmp_stride=2, slc_len=8, top_n=5)
+
+
+@pytest.mark.parametrize(("B", "T", "H", "config"), [(2, 200, 3, CFG), (1, 70, 1, SMALL)])
+def test_top_n_matches_stable_sort(B, T, H, config):
+    """Scores rounded to a few levels (many exact ties): the same picks as nsa_torch's stable sort."""
+    nb = -(-T // config.slc_len)
+    scores = torch.randint(0, 4, (B, T, H, nb), generator=torch.Generator().manual_seed(T)).float()
+    want = top_n(scores, torch.arange(T), config)
+    got = select.select_blocks(scores.to(DEVICE), config)
+    np.testing.assert_array_equal(got.cpu().numpy(), want.numpy())
 
 
 def test_varlen_matches_reference():

@@ -2,8 +2,12 @@
 
 One program per (token, kv head) loads the G query heads of the group (padded to >= 16 rows for
 the matrix units) once and walks that token's n selected blocks (indices [B, T, H, n], -1
-padded), keys clamped to positions <= t, with an online softmax in float32. Top-n (Eq. 11) is
-`nsa_torch.ops.select.top_n` (stable sort: block 0, c-1 and c forced, lower index wins ties).
+padded), keys clamped to positions <= t, with an online softmax in float32.
+
+Top-n (Eq. 11), one program per token for all kv heads: blocks 0, c-1 and c are forced, then the
+highest scores among blocks 0..c, n picks of an argmax that breaks ties towards the lower index
+(the order of `nsa_torch.ops.select.top_n`'s stable sort); the picks are written ascending
+through a prefix sum, -1 padded.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import torch
 import triton
 import triton.language as tl
 from nsa_spec.config import NSAConfig
-from nsa_torch.ops.select import top_n
 from torch import Tensor
 
 from nsa_triton.backend import interpreted
@@ -54,15 +57,46 @@ def _slc_fwd(Q, K, V, IDX, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_
     tl.store(LSE + b * sl_b + t * sl_t + hq * sl_h, lse, mask=g_ok)
 
 
-def select_blocks(scores: Tensor, config: NSAConfig, chunk: int = 8192) -> Tensor:
-    """Eq. 11 on scores [B, T, H, n_blocks] -> indices [B, T, H, n] (int32, ascending, -1 padded),
-    `chunk` tokens at a time to bound the sort's temporaries."""
-    T = scores.shape[1]
-    parts = []
-    for t0 in range(0, T, chunk):
-        positions = torch.arange(t0, min(T, t0 + chunk), device=scores.device)
-        parts.append(top_n(scores[:, t0:t0 + chunk], positions, config).to(torch.int32))
-    return torch.cat(parts, 1)
+@triton.jit
+def _top_n(S, IDX, ss_b, ss_t, ss_h, si_b, si_t, si_h, H, NB, L_SLC: tl.constexpr,
+           N_SEL: tl.constexpr, HP: tl.constexpr, NBP: tl.constexpr, NP: tl.constexpr):
+    t = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    hh = tl.arange(0, HP)
+    j = tl.arange(0, NBP)
+    c = t // L_SLC
+    exists = (j <= c) & (j < NB)
+    forced = exists & ((j == 0) | (j == c) | (j == c - 1))
+    rows = b * si_b + t.to(tl.int64) * si_t + hh * si_h
+    key = tl.load(S + b * ss_b + t.to(tl.int64) * ss_t + hh[:, None] * ss_h + j[None, :],
+                  mask=(hh < H)[:, None] & exists[None, :], other=float("-inf"))
+    key = tl.where(forced[None, :], float("inf"), key)
+    picks = tl.minimum(c + 1, N_SEL)
+    taken = tl.zeros([HP, NBP], tl.int32)
+    for k in tl.static_range(N_SEL):
+        best = tl.argmax(key, 1, tie_break_left=True)
+        take = (j[None, :] == best[:, None]) & (k < picks)
+        taken = tl.where(take, 1, taken)
+        key = tl.where(take, float("-inf"), key)
+    rank = tl.cumsum(taken, 1) - 1
+    h_ok = (hh < H)[:, None]
+    tl.store(IDX + rows[:, None] + rank, (j[None, :] + 0 * rank), mask=(taken > 0) & h_ok)
+    slot = tl.arange(0, NP)
+    tl.store(IDX + rows[:, None] + slot[None, :], tl.full([HP, NP], -1, tl.int32),
+             mask=h_ok & (slot[None, :] >= picks) & (slot[None, :] < N_SEL))
+
+
+def select_blocks(scores: Tensor, config: NSAConfig) -> Tensor:
+    """Eq. 11 on scores [B, T, H, n_blocks] -> indices [B, T, H, n] (int32, ascending, -1 padded)."""
+    B, T, H, nb = scores.shape
+    n = config.top_n
+    indices = torch.empty((B, T, H, n), dtype=torch.int32, device=scores.device)
+    _top_n[(T, B)](
+        scores, indices, scores.stride(0), scores.stride(1), scores.stride(2), indices.stride(0),
+        indices.stride(1), indices.stride(2), H, nb, L_SLC=config.slc_len, N_SEL=n,
+        HP=triton.next_power_of_2(H), NBP=triton.next_power_of_2(nb), NP=triton.next_power_of_2(n),
+    )
+    return indices
 
 
 def selected_attention(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Tensor,
