@@ -1,7 +1,7 @@
 """Per-stage forward times of backend "triton" beside cuDNN dense causal attention, on a GPU.
 
-Two variants (128 rows, 8 warps) of the compressed and window kernels are timed beside the
-defaults (64 rows, 4 warps). Paper shape: bf16, B=1, HQ=64, H=4, dk=dv=128, l=32, d=16, l'=64,
+Variants of the selected kernel (blocks per step k, warps w, stages s) are timed beside the
+default. Paper shape: bf16, B=1, HQ=64, H=4, dk=dv=128, l=32, d=16, l'=64,
 n=16, w=512. Before timing, the outputs at the smallest T are compared with backend "torch"
 (relative error of o, share of equal indices). Times are `triton.testing.do_bench` medians on
 random inputs. Prints one table.
@@ -56,11 +56,10 @@ def stage_times(x: NSAInputs) -> dict[str, float]:
         "win+comb": lambda: window_combine(x.q, x.k_win, x.v_win, x.gates, o_cmp, o_slc, o,
                                            lse[..., 2], CFG, scale),
         "total": lambda: TritonBackend().forward(x, CFG),
-        "cmp r128w8": lambda: compressed_attention(x.q, x.k_cmp, x.v_cmp, o_cmp, lse[..., 0], CFG, scale,
-                                                   rows=128, num_warps=8),
-        "win r128w8": lambda: window_combine(x.q, x.k_win, x.v_win, x.gates, o_cmp, o_slc, o,
-                                             lse[..., 2], CFG, scale, rows=128, num_warps=8),
     }
+    for kb, warps, stages in ((2, 4, 3), (4, 4, 3), (4, 8, 3), (1, 2, 3), (2, 8, 2)):
+        bench[f"slc k{kb}w{warps}s{stages}"] = lambda kb=kb, warps=warps, stages=stages: selected_attention(
+            x.q, x.k_slc, x.v_slc, idx, o_slc, lse[..., 1], CFG, scale, kb, warps, stages)
     return {k: triton.testing.do_bench(f, warmup=50, rep=300, return_mode="median") for k, f in bench.items()}
 
 

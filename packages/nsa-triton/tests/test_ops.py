@@ -11,6 +11,7 @@ from nsa_spec import reference as ref
 from nsa_spec.blocks import n_slc_blocks
 from nsa_spec.reference.compress import compressed_attention as ref_compressed
 from nsa_spec.reference.select import importance_scores as ref_scores
+from nsa_spec.reference.select import selected_attention as ref_selected
 from nsa_torch.ops.select import top_n
 from nsa_triton.backend import TritonBackend
 from nsa_triton.ops import compress, nsa, select
@@ -89,6 +90,30 @@ def test_top_n_matches_stable_sort(B, T, H, config):
     want = top_n(scores, torch.arange(T), config)
     got = select.select_blocks(scores.to(DEVICE), config)
     np.testing.assert_array_equal(got.cpu().numpy(), want.numpy())
+
+
+@pytest.mark.parametrize("blocks_per_step", [1, 2, 4])
+def test_selected_branch_any_blocks_per_step(blocks_per_step):
+    """The selected branch on given blocks (some -1), folding 1, 2 or 4 blocks per loop step."""
+    T, HQ, H, dk, dv = 80, 4, 2, 8, 16
+    rng = np.random.default_rng(blocks_per_step)
+    inputs = float32_values(make_inputs(rng, 1, T, HQ, H, dk, dv))
+    idx = np.full((T, H, CFG.top_n), -1)
+    for t in range(T):
+        for h in range(H):
+            c = t // CFG.slc_len
+            count = rng.integers(1, min(c + 1, CFG.top_n) + 1)
+            picked = np.sort(rng.choice(c + 1, size=count, replace=False))
+            idx[t, h, : picked.size] = picked
+    o_ref, lse_ref = ref_selected(inputs.q[0], inputs.k_slc[0], inputs.v_slc[0], idx, CFG, np)
+    a = to_torch(inputs)
+    o = torch.empty((1, T, HQ, dv), dtype=torch.float32, device=DEVICE)
+    lse = torch.empty((1, T, HQ), dtype=torch.float32, device=DEVICE)
+    indices = torch.from_numpy(idx[None]).to(DEVICE, torch.int32)
+    select.selected_attention(a.q, a.k_slc, a.v_slc, indices, o, lse, CFG, CFG.softmax_scale(dk),
+                              blocks_per_step=blocks_per_step)
+    close(o[0], o_ref)
+    close(lse[0], lse_ref)
 
 
 def test_varlen_matches_reference():

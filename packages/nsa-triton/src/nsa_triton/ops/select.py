@@ -26,8 +26,8 @@ from nsa_triton.ops.tiles import dot_precision, padded
 @triton.jit
 def _slc_fwd(Q, K, V, IDX, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
              si_b, si_t, si_h, so_b, so_t, so_h, sl_b, sl_t, sl_h, H, G, DK, DV, scale, N_SEL: tl.constexpr,
-             L_SLC: tl.constexpr, BL: tl.constexpr, GP: tl.constexpr, DKP: tl.constexpr,
-             DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
+             L_SLC: tl.constexpr, BL: tl.constexpr, KB: tl.constexpr, GP: tl.constexpr,
+             DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     b = (tl.program_id(1) // H).to(tl.int64)
     h = tl.program_id(1) % H
@@ -41,11 +41,13 @@ def _slc_fwd(Q, K, V, IDX, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_
     m = tl.full([GP], float("-inf"), tl.float32)
     den = tl.zeros([GP], tl.float32)
     acc = tl.zeros([GP, DVP], tl.float32)
-    offs = tl.arange(0, BL)
+    which = tl.arange(0, KB * BL) // BL
+    offs = tl.arange(0, KB * BL) % BL
     K += b * sk_b + h * sk_h
     V += b * sv_b + h * sv_h
-    for slot in range(N_SEL):
-        blk = tl.load(IDX + b * si_b + t * si_t + h * si_h + slot)
+    IDX += b * si_b + t * si_t + h * si_h
+    for slot in range(0, N_SEL, KB):
+        blk = tl.load(IDX + slot + which, mask=slot + which < N_SEL, other=-1)
         pos = blk.to(tl.int64) * L_SLC + offs
         ok = (blk >= 0) & (offs < L_SLC) & (pos <= t)
         k = tl.load(K + pos[:, None] * sk_t + ck[None, :], mask=ok[:, None] & (ck[None, :] < DK), other=0.0)
@@ -100,9 +102,12 @@ def select_blocks(scores: Tensor, config: NSAConfig) -> Tensor:
 
 
 def selected_attention(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Tensor,
-                       lse: Tensor, config: NSAConfig, scale: float) -> None:
+                       lse: Tensor, config: NSAConfig, scale: float, blocks_per_step: int = 1,
+                       num_warps: int = 4, num_stages: int = 3) -> None:
     """Write the selected branch of q [B, T, HQ, dk] over the blocks `indices` [B, T, H, n] of
-    k_slc/v_slc [B, T, H, d] into o [B, T, HQ, dv] (float32) and lse [B, T, HQ] (a float32 view)."""
+    k_slc/v_slc [B, T, H, d] into o [B, T, HQ, dv] (float32) and lse [B, T, HQ] (a float32 view).
+
+    Each loop step folds `blocks_per_step` selected blocks (a power of two) into the softmax."""
     B, T, HQ, dk = q.shape
     H, dv = k_slc.shape[2], v_slc.shape[3]
     indices = indices.contiguous()
@@ -111,7 +116,7 @@ def selected_attention(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor,
         k_slc.stride(1), k_slc.stride(2), v_slc.stride(0), v_slc.stride(1), v_slc.stride(2),
         indices.stride(0), indices.stride(1), indices.stride(2), o.stride(0), o.stride(1),
         o.stride(2), lse.stride(0), lse.stride(1), lse.stride(2), H, HQ // H, dk, dv,
-        scale, N_SEL=indices.shape[3], L_SLC=config.slc_len, BL=padded(config.slc_len),
+        scale, N_SEL=indices.shape[3], L_SLC=config.slc_len, BL=padded(config.slc_len), KB=blocks_per_step,
         GP=padded(HQ // H), DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
-        INTERP=interpreted(),
+        INTERP=interpreted(), num_warps=num_warps, num_stages=num_stages,
     )
