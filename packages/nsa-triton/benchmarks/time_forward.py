@@ -57,7 +57,7 @@ def stage_times(x: NSAInputs) -> dict[str, float]:
                                            lse[..., 2], CFG, scale),
         "total": lambda: TritonBackend().forward(x, CFG),
     }
-    for kb, warps, stages in ((2, 4, 3), (4, 4, 3), (4, 8, 3), (1, 2, 3), (2, 8, 2)):
+    for kb, warps, stages in ((2, 4, 3), (2, 8, 2), (4, 4, 2), (4, 8, 1), (1, 2, 3), (1, 4, 2)):
         bench[f"slc k{kb}w{warps}s{stages}"] = lambda kb=kb, warps=warps, stages=stages: selected_attention(
             x.q, x.k_slc, x.v_slc, idx, o_slc, lse[..., 1], CFG, scale, kb, warps, stages)
     return {k: triton.testing.do_bench(f, warmup=50, rep=300, return_mode="median") for k, f in bench.items()}
