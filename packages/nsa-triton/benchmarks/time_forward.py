@@ -1,7 +1,7 @@
 """Per-stage forward times of backend "triton" beside cuDNN dense causal attention, on a GPU.
 
-Variants of the selected kernel (blocks per step k, warps w, stages s) are timed beside the
-default. Paper shape: bf16, B=1, HQ=64, H=4, dk=dv=128, l=32, d=16, l'=64,
+Variants of the kernels' tiles (rows r, key tile bn, warps w, stages s) are timed beside the
+defaults. Paper shape: bf16, B=1, HQ=64, H=4, dk=dv=128, l=32, d=16, l'=64,
 n=16, w=512. Before timing, the outputs at the smallest T are compared with backend "torch"
 (relative error of o, share of equal indices). Times are `triton.testing.do_bench` medians on
 random inputs. Prints one table.
@@ -57,9 +57,22 @@ def stage_times(x: NSAInputs) -> dict[str, float]:
                                            lse[..., 2], CFG, scale),
         "total": lambda: TritonBackend().forward(x, CFG),
     }
-    for kb, warps, stages in ((2, 4, 3), (2, 8, 2), (4, 4, 2), (4, 8, 1), (1, 2, 3), (1, 4, 2)):
-        bench[f"slc k{kb}w{warps}s{stages}"] = lambda kb=kb, warps=warps, stages=stages: selected_attention(
-            x.q, x.k_slc, x.v_slc, idx, o_slc, lse[..., 1], CFG, scale, kb, warps, stages)
+    variants = {
+        "scores r128w8": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 128, 64, 8),
+        "scores r64w8": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 64, 64, 8),
+        "scores bn128": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 64, 128, 4),
+        "scores r32": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 32, 64, 4),
+        "top-n w1": lambda: select_blocks(scores, CFG, 1),
+        "top-n w2": lambda: select_blocks(scores, CFG, 2),
+        "top-n w8": lambda: select_blocks(scores, CFG, 8),
+        "cmp bn128w8": lambda: compressed_attention(x.q, x.k_cmp, x.v_cmp, o_cmp, lse[..., 0], CFG, scale,
+                                                    128, 128, 8),
+        "win bn128": lambda: window_combine(x.q, x.k_win, x.v_win, x.gates, o_cmp, o_slc, o, lse[..., 2],
+                                            CFG, scale, 64, 128, 4),
+        "slc k1w4s3": lambda: selected_attention(x.q, x.k_slc, x.v_slc, idx, o_slc, lse[..., 1], CFG, scale,
+                                                 1, 4, 3),
+    }
+    bench.update(variants)
     return {k: triton.testing.do_bench(f, warmup=50, rep=300, return_mode="median") for k, f in bench.items()}
 
 

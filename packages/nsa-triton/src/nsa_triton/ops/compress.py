@@ -163,7 +163,7 @@ def compressed_attention(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, o: Tensor, lse
 
 
 def importance_scores(q: Tensor, k_cmp: Tensor, lse: Tensor, n_blocks: int, config: NSAConfig,
-                      scale: float, rows: int = 64, bn: int = 64) -> Tensor:
+                      scale: float, rows: int = 64, bn: int = 64, num_warps: int = 4) -> Tensor:
     """Group-summed block scores (Eqs. 9-10) -> [B, T, H, n_blocks] float32, given the compressed
     branch's lse [B, T, HQ]. Blocks no query of a tile can see are 0."""
     B, T, HQ, dk = q.shape
@@ -180,6 +180,6 @@ def importance_scores(q: Tensor, k_cmp: Tensor, lse: Tensor, n_blocks: int, conf
         scores.stride(0), scores.stride(1), scores.stride(2), T, N, H, HQ // H, dk, n_blocks, scale,
         L_CMP=config.cmp_len, D_CMP=config.cmp_stride, L_SLC=config.slc_len, BJ=bj, BT=bt, GP=gp,
         BN=bn, BJP=triton.next_power_of_2(bj), DKP=padded(dk), PREC=dot_precision(q.dtype),
-        INTERP=interpreted(),
+        INTERP=interpreted(), num_warps=num_warps,
     )
     return scores

@@ -88,7 +88,7 @@ def _top_n(S, IDX, ss_b, ss_t, ss_h, si_b, si_t, si_h, H, NB, L_SLC: tl.constexp
              mask=h_ok & (slot[None, :] >= picks) & (slot[None, :] < N_SEL))
 
 
-def select_blocks(scores: Tensor, config: NSAConfig) -> Tensor:
+def select_blocks(scores: Tensor, config: NSAConfig, num_warps: int = 4) -> Tensor:
     """Eq. 11 on scores [B, T, H, n_blocks] -> indices [B, T, H, n] (int32, ascending, -1 padded)."""
     B, T, H, nb = scores.shape
     n = config.top_n
@@ -97,13 +97,14 @@ def select_blocks(scores: Tensor, config: NSAConfig) -> Tensor:
         scores, indices, scores.stride(0), scores.stride(1), scores.stride(2), indices.stride(0),
         indices.stride(1), indices.stride(2), H, nb, L_SLC=config.slc_len, N_SEL=n,
         HP=triton.next_power_of_2(H), NBP=triton.next_power_of_2(nb), NP=triton.next_power_of_2(n),
+        num_warps=num_warps,
     )
     return indices
 
 
 def selected_attention(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Tensor,
                        lse: Tensor, config: NSAConfig, scale: float, blocks_per_step: int = 1,
-                       num_warps: int = 4, num_stages: int = 3) -> None:
+                       num_warps: int = 4, num_stages: int = 2) -> None:
     """Write the selected branch of q [B, T, HQ, dk] over the blocks `indices` [B, T, H, n] of
     k_slc/v_slc [B, T, H, d] into o [B, T, HQ, dv] (float32) and lse [B, T, HQ] (a float32 view).
 
