@@ -58,6 +58,13 @@ def torch(session: nox.Session) -> None:
     session.run("pytest", "packages/nsa-torch/tests", *session.posargs)
 
 
+@nox.session(tags=["ci"])
+def triton(session: nox.Session) -> None:
+    """nsa-triton's kernel tests against the float64 oracle, under Triton's interpreter on the CPU."""
+    session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch", "-e./packages/nsa-triton", *TEST_DEPS)
+    session.run("pytest", "packages/nsa-triton/tests", *session.posargs, env={"TRITON_INTERPRET": "1"})
+
+
 @nox.session
 def demo(session: nox.Session) -> None:
     """Draw NSA's block selection (demo-out/selection.png) and print measured decode reads."""
