@@ -18,6 +18,14 @@ DTYPES = ("float64", "float32", "bfloat16", "float16")
 _ARRAYS = ("q", "k_cmp", "v_cmp", "k_slc", "v_slc", "k_win", "v_win", "gates")
 
 
+def capability_reasons(capabilities: Capabilities, problem: Problem) -> list[str]:
+    """The capability rules `problem` breaks, plus a missing CUDA device (for torch-tensor backends)."""
+    reasons = capabilities.reasons(problem)
+    if problem.device == "cuda" and not torch.cuda.is_available():
+        reasons.append("device='cuda' but torch.cuda.is_available() is False on this machine")
+    return reasons
+
+
 class TorchBackend:
     """Vectorised eager PyTorch on CPU or CUDA, every dtype and block size; backward by autograd."""
 
@@ -41,10 +49,7 @@ class TorchBackend:
 
     def not_supported_reasons(self, problem: Problem) -> list[str]:
         """The capability rules `problem` breaks, plus a missing CUDA device."""
-        reasons = self.capabilities.reasons(problem)
-        if problem.device == "cuda" and not torch.cuda.is_available():
-            reasons.append("device='cuda' but torch.cuda.is_available() is False on this machine")
-        return reasons
+        return capability_reasons(self.capabilities, problem)
 
     def forward(self, inputs: NSAInputs, config: NSAConfig) -> NSAOutput:
         """o, lse and selected indices, without autograd."""

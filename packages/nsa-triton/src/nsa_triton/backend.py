@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 import torch
 from nsa_spec.backends.capabilities import Capabilities, Problem
 from nsa_spec.config import NSAConfig
 from nsa_spec.contract import DecodeCache, DecodeResult, NSAGrads, NSAInputs, NSAOutput
 from nsa_spec.errors import UnsupportedError
+from nsa_torch.backend import TorchBackend, capability_reasons
 
 DTYPES = ("float32", "bfloat16", "float16")
 HEAD_DIMS = frozenset(range(1, 257))
@@ -60,10 +60,7 @@ class TritonBackend:
 
     def not_supported_reasons(self, problem: Problem) -> list[str]:
         """The capability rules `problem` breaks, plus a missing CUDA device."""
-        reasons = self.capabilities.reasons(problem)
-        if problem.device == "cuda" and not torch.cuda.is_available():
-            reasons.append("device='cuda' but torch.cuda.is_available() is False on this machine")
-        return reasons
+        return capability_reasons(self.capabilities, problem)
 
     def forward(self, inputs: NSAInputs, config: NSAConfig) -> NSAOutput:
         """o, lse and selected indices."""
@@ -80,13 +77,5 @@ class TritonBackend:
         """Not implemented: raises `UnsupportedError`."""
         raise UnsupportedError("backend 'triton' implements the forward only: op='decode' is not supported")
 
-    def asarray(self, x: np.ndarray, dtype: str, device: str) -> torch.Tensor:
-        """A NumPy array as a torch tensor of `dtype` on `device`."""
-        return torch.as_tensor(np.asarray(x)).to(device=device, dtype=getattr(torch, dtype))
-
-    def to_numpy(self, x: Any) -> np.ndarray:
-        """A tensor as a NumPy array (bfloat16 widened to float32)."""
-        x = x.detach().cpu()
-        if x.dtype == torch.bfloat16:
-            x = x.float()
-        return x.numpy()
+    asarray = TorchBackend.asarray
+    to_numpy = TorchBackend.to_numpy

@@ -150,6 +150,23 @@ def host_cu_seqlens(cu_seqlens: Any) -> np.ndarray | None:
     return np.asarray(cu_seqlens)
 
 
+def packed_sequences(
+    arrays: dict[str, Tensor], cu: np.ndarray, config: NSAConfig
+) -> list[tuple[int, int, dict[str, Tensor]]]:
+    """Split packed inputs by host `cu` into (lo, hi, that sequence's arrays), compressed tokens
+    cut at `blocks.cmp_cu_seqlens`."""
+    cu = cu.astype(np.int64)
+    cu_cmp = cmp_cu_seqlens(cu, config)
+    pieces = []
+    for i in range(len(cu) - 1):
+        lo, hi, clo, chi = int(cu[i]), int(cu[i + 1]), int(cu_cmp[i]), int(cu_cmp[i + 1])
+        piece = {
+            name: x[:, clo:chi] if name in ("k_cmp", "v_cmp") else x[:, lo:hi] for name, x in arrays.items()
+        }
+        pieces.append((lo, hi, piece))
+    return pieces
+
+
 def nsa_attention(inputs: NSAInputs, config: NSAConfig, indices: Tensor | None = None,
                   chunk_bytes: int | None = None) -> NSAOutput:
     """NSA attention on the kernel contract -> `NSAOutput` (o in q's dtype; lse in float32, or
@@ -170,15 +187,10 @@ def nsa_attention(inputs: NSAInputs, config: NSAConfig, indices: Tensor | None =
     if cu is None:
         o, lse, idx = _sequence(arrays, config, indices, chunk_bytes)
         return NSAOutput(o=o, lse=lse, indices=idx)
-    cu = cu.astype(np.int64)
-    cu_cmp = cmp_cu_seqlens(cu, config)
-    outs = []
-    for i in range(len(cu) - 1):
-        lo, hi, clo, chi = int(cu[i]), int(cu[i + 1]), int(cu_cmp[i]), int(cu_cmp[i + 1])
-        piece = {
-            name: x[:, clo:chi] if name in ("k_cmp", "v_cmp") else x[:, lo:hi] for name, x in arrays.items()
-        }
-        outs.append(_sequence(piece, config, None if indices is None else indices[:, lo:hi], chunk_bytes))
+    outs = [
+        _sequence(piece, config, None if indices is None else indices[:, lo:hi], chunk_bytes)
+        for lo, hi, piece in packed_sequences(arrays, cu, config)
+    ]
     o, lse, idx = (torch.cat(parts, 1) for parts in zip(*outs, strict=True))
     return NSAOutput(o=o, lse=lse, indices=idx)
 

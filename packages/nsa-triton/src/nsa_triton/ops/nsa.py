@@ -7,12 +7,11 @@ window kernel reads them and writes o in q's dtype. Packed sequences (cu_seqlens
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from nsa_spec.blocks import cmp_cu_seqlens, n_slc_blocks
+from nsa_spec.blocks import n_slc_blocks
 from nsa_spec.config import NSAConfig
 from nsa_spec.contract import NSAInputs, NSAOutput, validate_inputs
-from nsa_torch.ops.nsa import check_tensors, host_cu_seqlens
+from nsa_torch.ops.nsa import check_tensors, host_cu_seqlens, packed_sequences
 from torch import Tensor
 
 from nsa_triton.ops.compress import compressed_attention, importance_scores
@@ -56,14 +55,6 @@ def nsa_attention(inputs: NSAInputs, config: NSAConfig) -> NSAOutput:
     if cu is None:
         o, lse, idx = _sequence(arrays, config)
         return NSAOutput(o=o, lse=lse, indices=idx)
-    cu = cu.astype(np.int64)
-    cu_cmp = cmp_cu_seqlens(cu, config)
-    outs = []
-    for i in range(len(cu) - 1):
-        lo, hi, clo, chi = int(cu[i]), int(cu[i + 1]), int(cu_cmp[i]), int(cu_cmp[i + 1])
-        piece = {
-            name: x[:, clo:chi] if name in ("k_cmp", "v_cmp") else x[:, lo:hi] for name, x in arrays.items()
-        }
-        outs.append(_sequence(piece, config))
+    outs = [_sequence(piece, config) for _, _, piece in packed_sequences(arrays, cu, config)]
     o, lse, idx = (torch.cat(parts, 1) for parts in zip(*outs, strict=True))
     return NSAOutput(o=o, lse=lse, indices=idx)
