@@ -20,8 +20,8 @@ from nsa_spec.blocks import n_cmp, n_slc_blocks
 from nsa_torch.backend import TorchBackend
 from nsa_triton.backend import TritonBackend
 from nsa_triton.ops.compress import compressed_attention, importance_scores
-from nsa_triton.ops.select import select_blocks, selected_attention
-from nsa_triton.ops.window import window_combine
+from nsa_triton.ops.select import selected_attention, top_n
+from nsa_triton.ops.window import window_attention
 
 CFG = NSAConfig(cmp_len=32, cmp_stride=16, slc_len=64, top_n=16, window=512)
 HQ, H, D = 64, 4, 128
@@ -41,19 +41,19 @@ def stage_times(x: NSAInputs) -> dict[str, float]:
     T = x.q.shape[1]
     scale = CFG.softmax_scale(D)
     lse = torch.empty((1, T, HQ, 3), dtype=torch.float32, device="cuda")
-    o_cmp = torch.empty((1, T, HQ, D), dtype=torch.float32, device="cuda")
-    o_slc = torch.empty_like(o_cmp)
+    branch_o = torch.empty((1, T, HQ, 3, D), dtype=torch.float32, device="cuda")
+    o_cmp, o_slc = branch_o[..., 0, :], branch_o[..., 1, :]
     o = torch.empty((1, T, HQ, D), dtype=torch.bfloat16, device="cuda")
     nb = n_slc_blocks(T, CFG)
     compressed_attention(x.q, x.k_cmp, x.v_cmp, o_cmp, lse[..., 0], CFG, scale)
     scores = importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale)
-    idx = select_blocks(scores, CFG)
+    idx = top_n(scores, CFG)
     bench = {
         "cmp": lambda: compressed_attention(x.q, x.k_cmp, x.v_cmp, o_cmp, lse[..., 0], CFG, scale),
         "scores": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale),
-        "top-n": lambda: select_blocks(scores, CFG),
+        "top-n": lambda: top_n(scores, CFG),
         "slc": lambda: selected_attention(x.q, x.k_slc, x.v_slc, idx, o_slc, lse[..., 1], CFG, scale),
-        "win+comb": lambda: window_combine(x.q, x.k_win, x.v_win, x.gates, o_cmp, o_slc, o,
+        "win+comb": lambda: window_attention(x.q, x.k_win, x.v_win, x.gates, branch_o, o,
                                            lse[..., 2], CFG, scale),
         "total": lambda: TritonBackend().forward(x, CFG),
     }
@@ -62,12 +62,12 @@ def stage_times(x: NSAInputs) -> dict[str, float]:
         "scores r64w8": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 64, 64, 8),
         "scores bn128": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 64, 128, 4),
         "scores r32": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 32, 64, 4),
-        "top-n w1": lambda: select_blocks(scores, CFG, 1),
-        "top-n w2": lambda: select_blocks(scores, CFG, 2),
-        "top-n w8": lambda: select_blocks(scores, CFG, 8),
+        "top-n w1": lambda: top_n(scores, CFG, 1),
+        "top-n w2": lambda: top_n(scores, CFG, 2),
+        "top-n w8": lambda: top_n(scores, CFG, 8),
         "cmp bn128w8": lambda: compressed_attention(x.q, x.k_cmp, x.v_cmp, o_cmp, lse[..., 0], CFG, scale,
                                                     128, 128, 8),
-        "win bn128": lambda: window_combine(x.q, x.k_win, x.v_win, x.gates, o_cmp, o_slc, o, lse[..., 2],
+        "win bn128": lambda: window_attention(x.q, x.k_win, x.v_win, x.gates, branch_o, o, lse[..., 2],
                                             CFG, scale, 64, 128, 4),
         "slc k1w4s3": lambda: selected_attention(x.q, x.k_slc, x.v_slc, idx, o_slc, lse[..., 1], CFG, scale,
                                                  1, 4, 3),

@@ -88,7 +88,7 @@ def test_top_n_matches_stable_sort(B, T, H, config):
     nb = -(-T // config.slc_len)
     scores = torch.randint(0, 4, (B, T, H, nb), generator=torch.Generator().manual_seed(T)).float()
     want = top_n(scores, torch.arange(T), config)
-    got = select.select_blocks(scores.to(DEVICE), config)
+    got = select.top_n(scores.to(DEVICE), config)
     np.testing.assert_array_equal(got.cpu().numpy(), want.numpy())
 
 

@@ -54,12 +54,15 @@ class NSAOutput:
     """Output of one NSA attention call.
 
     o [B, T, HQ, dv]; lse [B, T, HQ, 3] per-branch log-sum-exp of the scaled scores (-inf over
-    an empty key set); indices [B, T, H, n] selected blocks, ascending, -1 padded.
+    an empty key set); indices [B, T, H, n] selected blocks, ascending, -1 padded; branch_o
+    [B, T, HQ, 3, dv] the three branch outputs before gating (cmp, slc, win), filled by backends
+    whose forward saves them for their backward (`Capabilities.saves`).
     """
 
     o: Any
     lse: Any = None
     indices: Any = None
+    branch_o: Any = None
 
 
 @dataclass(frozen=True)

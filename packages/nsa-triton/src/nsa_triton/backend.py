@@ -7,7 +7,6 @@ TRITON_INTERPRET=1 is set at construction time.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -17,13 +16,10 @@ from nsa_spec.contract import DecodeCache, DecodeResult, NSAGrads, NSAInputs, NS
 from nsa_spec.errors import UnsupportedError
 from nsa_torch.backend import TorchBackend, capability_reasons
 
+from nsa_triton.ops.online import interpreted
+
 DTYPES = ("float32", "bfloat16", "float16")
 HEAD_DIMS = frozenset(range(1, 257))
-
-
-def interpreted() -> bool:
-    """Whether Triton runs its interpreter (TRITON_INTERPRET=1) instead of compiling for a GPU."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 class TritonBackend:

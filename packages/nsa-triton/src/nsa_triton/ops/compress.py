@@ -17,8 +17,7 @@ import triton.language as tl
 from nsa_spec.config import NSAConfig
 from torch import Tensor
 
-from nsa_triton.backend import interpreted
-from nsa_triton.ops.online import dot, finish, online_step
+from nsa_triton.ops.online import dot, finish, interpreted, online_step
 from nsa_triton.ops.tiles import dot_precision, group_tile, padded
 
 

@@ -10,8 +10,15 @@ kernels use `for` (so Triton can pipeline the loads) and the native dot.
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
+
+
+def interpreted() -> bool:
+    """Whether Triton runs its interpreter (TRITON_INTERPRET=1) instead of compiling for a GPU."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit

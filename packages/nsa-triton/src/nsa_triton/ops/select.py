@@ -18,8 +18,7 @@ import triton.language as tl
 from nsa_spec.config import NSAConfig
 from torch import Tensor
 
-from nsa_triton.backend import interpreted
-from nsa_triton.ops.online import finish, online_step
+from nsa_triton.ops.online import finish, interpreted, online_step
 from nsa_triton.ops.tiles import dot_precision, padded
 
 
@@ -88,7 +87,7 @@ def _top_n(S, IDX, ss_b, ss_t, ss_h, si_b, si_t, si_h, H, NB, L_SLC: tl.constexp
              mask=h_ok & (slot[None, :] >= picks) & (slot[None, :] < N_SEL))
 
 
-def select_blocks(scores: Tensor, config: NSAConfig, num_warps: int = 4) -> Tensor:
+def top_n(scores: Tensor, config: NSAConfig, num_warps: int = 4) -> Tensor:
     """Eq. 11 on scores [B, T, H, n_blocks] -> indices [B, T, H, n] (int32, ascending, -1 padded)."""
     B, T, H, nb = scores.shape
     n = config.top_n

@@ -3,7 +3,8 @@
 A flash-style causal band: one program takes a tile of tokens times the G query heads of one kv
 head (GQA by mapping query heads to their kv head) and visits only the keys in
 [t_first - w + 1, t_last]. It then mixes its own output with the compressed and selected branch
-outputs (float32, written earlier) under the gates and writes the final o in q's dtype.
+outputs (float32, written earlier into `branch_o`) under the gates, stores its own output beside
+them (the backward's gate gradient reads all three) and writes the final o in q's dtype.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import triton.language as tl
 from nsa_spec.config import NSAConfig
 from torch import Tensor
 
-from nsa_triton.backend import interpreted
 from nsa_triton.ops.compress import _rows
-from nsa_triton.ops.online import finish, online_step
+from nsa_triton.ops.online import finish, interpreted, online_step
 from nsa_triton.ops.tiles import dot_precision, group_tile, padded
 
 
@@ -34,8 +34,8 @@ def _win_tile(s0, q, t, row_ok, m, den, acc, K, V, sk_t, sv_t, hi, W, DK, DV, sc
 
 
 @triton.jit
-def _win_fwd(Q, K, V, GATES, O_CMP, O_SLC, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t,
-             sv_h, sg_b, sg_t, sg_h, sb_b, sb_t, sb_h, so_b, so_t, so_h, sl_b, sl_t, sl_h,
+def _win_fwd(Q, K, V, GATES, BRANCH_O, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t,
+             sv_h, sg_b, sg_t, sg_h, sb_b, sb_t, sb_h, sb_c, so_b, so_t, so_h, sl_b, sl_t, sl_h,
              T, H, G, DK, DV, scale, W, BT: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr,
              DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
     pid_t = tl.program_id(0)
@@ -73,30 +73,33 @@ def _win_fwd(Q, K, V, GATES, O_CMP, O_SLC, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t,
     g_win = tl.load(gate + 2, mask=row_ok, other=0.0).to(tl.float32)
     out_ok = row_ok[:, None] & (cv[None, :] < DV)
     branch = (b * sb_b + t64 * sb_t + hq * sb_h)[:, None] + cv[None, :]
-    o_cmp = tl.load(O_CMP + branch, mask=out_ok, other=0.0)
-    o_slc = tl.load(O_SLC + branch, mask=out_ok, other=0.0)
+    o_cmp = tl.load(BRANCH_O + branch, mask=out_ok, other=0.0)  # [BT * GP, DVP]
+    o_slc = tl.load(BRANCH_O + sb_c + branch, mask=out_ok, other=0.0)  # [BT * GP, DVP]
+    tl.store(BRANCH_O + 2 * sb_c + branch, o_win, mask=out_ok)
     o = g_cmp[:, None] * o_cmp + g_slc[:, None] * o_slc + g_win[:, None] * o_win
     tl.store(O + b * so_b + t64[:, None] * so_t + hq[:, None] * so_h + cv[None, :],
              o.to(O.dtype.element_ty), mask=out_ok)
 
 
-def window_combine(q: Tensor, k_win: Tensor, v_win: Tensor, gates: Tensor, o_cmp: Tensor,
-                   o_slc: Tensor, o: Tensor, lse: Tensor, config: NSAConfig, scale: float,
-                   rows: int = 64, bn: int = 64, num_warps: int = 4) -> None:
-    """Write the window branch's lse [B, T, HQ] (a float32 view) and the gated o [B, T, HQ, dv].
+def window_attention(q: Tensor, k_win: Tensor, v_win: Tensor, gates: Tensor, branch_o: Tensor,
+                     o: Tensor, lse: Tensor, config: NSAConfig, scale: float, rows: int = 64,
+                     bn: int = 64, num_warps: int = 4) -> None:
+    """Write the window branch's lse [B, T, HQ] (a float32 view), its output into
+    branch_o[..., 2, :] and the gated o [B, T, HQ, dv].
 
-    o_cmp and o_slc are float32 [B, T, HQ, dv] with equal strides; gates [B, T, HQ, 3] hold
-    gate values (already activated), as in the kernel contract.
+    branch_o is float32 [B, T, HQ, 3, dv] holding the compressed and selected branch outputs at
+    [..., 0, :] and [..., 1, :]; gates [B, T, HQ, 3] hold gate values (already activated), as in
+    the kernel contract.
     """
     B, T, HQ, dk = q.shape
     H, dv = k_win.shape[2], v_win.shape[3]
     bt, gp = group_tile(HQ // H, rows)
     _win_fwd[(triton.cdiv(T, bt), B * H)](
-        q, k_win, v_win, gates, o_cmp, o_slc, o, lse, q.stride(0), q.stride(1), q.stride(2),
+        q, k_win, v_win, gates, branch_o, o, lse, q.stride(0), q.stride(1), q.stride(2),
         k_win.stride(0), k_win.stride(1), k_win.stride(2), v_win.stride(0), v_win.stride(1),
-        v_win.stride(2), gates.stride(0), gates.stride(1), gates.stride(2), o_cmp.stride(0),
-        o_cmp.stride(1), o_cmp.stride(2), o.stride(0), o.stride(1), o.stride(2), lse.stride(0),
-        lse.stride(1), lse.stride(2), T, H, HQ // H, dk, dv, scale, config.window,
+        v_win.stride(2), gates.stride(0), gates.stride(1), gates.stride(2), branch_o.stride(0),
+        branch_o.stride(1), branch_o.stride(2), branch_o.stride(3), o.stride(0), o.stride(1),
+        o.stride(2), lse.stride(0), lse.stride(1), lse.stride(2), T, H, HQ // H, dk, dv, scale, config.window,
         BT=bt, GP=gp, BN=bn, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
         INTERP=interpreted(), num_warps=num_warps,
     )
