@@ -14,14 +14,12 @@ import numpy as np
 import pytest
 from nsa_spec.backends.protocol import Backend
 from nsa_spec.config import NSAConfig
-from nsa_spec.contract import DecodeCache, NSAInputs, NSAOutput
+from nsa_spec.contract import BRANCHES, DecodeCache, NSAInputs, NSAOutput
 from nsa_spec.reference.nsa import nsa_attention
 from nsa_spec.reference.select import is_valid_top_n
 
 from nsa_conformance import lowprec, tolerances
 from nsa_conformance.cases import Case
-
-BRANCHES = ("cmp", "slc", "win")
 
 
 def compute_capability(device: str) -> tuple[int, int] | None:

@@ -17,12 +17,11 @@ import numpy as np
 from nsa_spec import grad  # noqa: F401  (turns on JAX float64 before any jnp array exists)
 from nsa_spec.blocks import cmp_cu_seqlens, n_slc_blocks
 from nsa_spec.config import NSAConfig
-from nsa_spec.contract import NSAInputs, NSAOutput
+from nsa_spec.contract import ARRAYS, NSAInputs, NSAOutput
 from nsa_spec.reference.compress import compressed_attention
 from nsa_spec.reference.nsa import nsa_attention
 from nsa_spec.reference.select import importance_scores
 
-ARRAYS = ("q", "k_cmp", "v_cmp", "k_slc", "v_slc", "k_win", "v_win", "gates")
 DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 

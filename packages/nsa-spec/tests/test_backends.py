@@ -105,14 +105,17 @@ def test_unsupported_problem_lists_reasons_per_backend():
     with pytest.raises(UnsupportedError) as err:
         select_backend(problem(dtype="bfloat16"))
     message = str(err.value)
-    assert message.startswith("no backend supports this forward:")
+    assert message.startswith(
+        "no backend supports this forward of B=1, T=1, HQ=4, H=2 (G=2), dk=3, dv=2, bfloat16 numpy on cpu"
+    )
     assert "  numpy: dtype='bfloat16' is not supported (supported: ['float64'])" in message.splitlines()
     for name in [*backends(), *load_failures()]:
         assert f"  {name}: " in message
 
 
 def test_named_backend_refusal_says_why():
-    with pytest.raises(UnsupportedError, match=r"backend 'numpy' cannot run this forward: .*device='cuda'"):
+    refusal = r"backend 'numpy' cannot run this forward of .* on cuda, .*: device='cuda'"
+    with pytest.raises(UnsupportedError, match=refusal):
         select_backend(problem(device="cuda"), name="numpy")
     with pytest.raises(UnsupportedError, match=r"backend='nope' is not available \(known: \[.*'numpy'"):
         select_backend(problem(), name="nope")

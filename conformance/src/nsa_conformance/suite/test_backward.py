@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from nsa_spec.contract import ARRAYS
 from nsa_spec.grad import nsa_attention_grads
 
 from nsa_conformance import lowprec, tolerances
@@ -23,9 +24,9 @@ def test_backward(runner, case: Case) -> None:
     grads = runner.backend.backward(theirs, case.config, raw, grad_o)
     oracle = nsa_attention_grads(seen, case.config, grad_o_seen, out.indices)
     if runner.dtype == "float64":
-        naive = {name: getattr(oracle, name) for name in lowprec.ARRAYS}
+        naive = {name: getattr(oracle, name) for name in ARRAYS}
     else:
         naive = lowprec.naive_grads(seen, case.config, grad_o_seen, out.indices, runner.dtype)
-    for name in lowprec.ARRAYS:
+    for name in ARRAYS:
         assert_close(f"d{name}", runner.get(getattr(grads, name)), getattr(oracle, name), naive[name],
                      runner.dtype, tolerances.K_BACKWARD)

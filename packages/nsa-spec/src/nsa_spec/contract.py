@@ -17,6 +17,8 @@ from nsa_spec.config import NSAConfig
 from nsa_spec.errors import InvalidInputError
 
 BRANCHES = ("cmp", "slc", "win")
+ARRAYS = ("q", "k_cmp", "v_cmp", "k_slc", "v_slc", "k_win", "v_win", "gates")
+"""The array fields of `NSAInputs` (and of `NSAGrads`), in order."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from nsa_spec.config import NSAConfig
-from nsa_spec.contract import NSAGrads, NSAInputs
+from nsa_spec.contract import ARRAYS, NSAGrads, NSAInputs
 from nsa_spec.errors import UnsupportedError
 from nsa_spec.reference.nsa import nsa_attention, nsa_forward
 
@@ -27,7 +27,6 @@ except ImportError as exc:  # pragma: no cover - exercised where jax is absent
 
 jax.config.update("jax_enable_x64", True)
 
-_ARRAYS = ("q", "k_cmp", "v_cmp", "k_slc", "v_slc", "k_win", "v_win", "gates")
 
 
 def nsa_attention_grads(
@@ -36,15 +35,15 @@ def nsa_attention_grads(
     """Gradients of sum(o * grad_o) for every array of the kernel contract, in float64."""
     if indices is None:
         indices = nsa_attention(inputs, config).indices
-    primals = tuple(jnp.asarray(np.asarray(getattr(inputs, n), dtype=np.float64)) for n in _ARRAYS)
+    primals = tuple(jnp.asarray(np.asarray(getattr(inputs, n), dtype=np.float64)) for n in ARRAYS)
 
     def forward(*arrays: Any) -> Any:
-        changed = inputs.replace(**dict(zip(_ARRAYS, arrays, strict=True)))
+        changed = inputs.replace(**dict(zip(ARRAYS, arrays, strict=True)))
         return nsa_attention(changed, config, indices, jnp).o
 
     _, vjp = jax.vjp(forward, *primals)
     grads = vjp(jnp.asarray(np.asarray(grad_o, dtype=np.float64)))
-    return NSAGrads(**{n: np.asarray(g) for n, g in zip(_ARRAYS, grads, strict=True)})
+    return NSAGrads(**{n: np.asarray(g) for n, g in zip(ARRAYS, grads, strict=True)})
 
 
 def nsa_forward_grads(

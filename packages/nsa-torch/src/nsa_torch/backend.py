@@ -8,22 +8,14 @@ import numpy as np
 import torch
 from nsa_spec.backends.capabilities import Capabilities, Problem
 from nsa_spec.config import NSAConfig
-from nsa_spec.contract import DecodeCache, DecodeResult, NSAGrads, NSAInputs, NSAOutput
+from nsa_spec.contract import ARRAYS, DecodeCache, DecodeResult, NSAGrads, NSAInputs, NSAOutput
 from nsa_spec.errors import InvalidInputError
 
 from nsa_torch.ops.decode import decode_attention
 from nsa_torch.ops.nsa import nsa_attention
+from nsa_torch.tensors import capability_reasons
 
 DTYPES = ("float64", "float32", "bfloat16", "float16")
-_ARRAYS = ("q", "k_cmp", "v_cmp", "k_slc", "v_slc", "k_win", "v_win", "gates")
-
-
-def capability_reasons(capabilities: Capabilities, problem: Problem) -> list[str]:
-    """The capability rules `problem` breaks, plus a missing CUDA device (for torch-tensor backends)."""
-    reasons = capabilities.reasons(problem)
-    if problem.device == "cuda" and not torch.cuda.is_available():
-        reasons.append("device='cuda' but torch.cuda.is_available() is False on this machine")
-    return reasons
 
 
 class TorchBackend:
@@ -60,7 +52,7 @@ class TorchBackend:
         """Gradients of sum(o * grad_o), recomputed under autograd on the blocks of `out.indices`."""
         if out.indices is None:
             raise InvalidInputError("out.indices must hold the forward's selected blocks: out.indices=None")
-        leaves = {n: getattr(inputs, n).detach().requires_grad_(True) for n in _ARRAYS}
+        leaves = {n: getattr(inputs, n).detach().requires_grad_(True) for n in ARRAYS}
         with torch.enable_grad():
             o = nsa_attention(inputs.replace(**leaves), config, indices=out.indices).o
             grads = torch.autograd.grad(o, list(leaves.values()), grad_o.to(o.dtype), allow_unused=True)

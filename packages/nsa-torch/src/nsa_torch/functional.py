@@ -2,46 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from nsa_spec.config import NSAConfig
-from nsa_spec.contract import NSAInputs, NSAOutput, validate_inputs
+from nsa_spec.config import NSAConfig, check_config
+from nsa_spec.contract import NSAInputs, NSAOutput
 from torch import Tensor
 
-from nsa_torch.backend import TorchBackend
-from nsa_torch.dispatch import backend_for, problem_for
-from nsa_torch.ops import nsa
-from nsa_torch.ops.nsa import check_tensors, host_cu_seqlens
-
-_ARRAYS = ("q", "k_cmp", "v_cmp", "k_slc", "v_slc", "k_win", "v_win", "gates")
-
-
-class _BackendAttention(torch.autograd.Function):
-    """Autograd around a backend's `forward`/`backward` (backends other than the eager one)."""
-
-    @staticmethod
-    def forward(ctx: Any, backend: Any, config: NSAConfig, cu_seqlens: Any, *arrays: Tensor) -> Any:
-        out = backend.forward(NSAInputs(*arrays, cu_seqlens=cu_seqlens), config)
-        ctx.backend, ctx.config, ctx.cu_seqlens = backend, config, cu_seqlens
-        ctx.save_for_backward(*arrays, out.o, out.lse, out.indices)
-        ctx.mark_non_differentiable(out.lse, out.indices)
-        return out.o, out.lse, out.indices
-
-    @staticmethod
-    def backward(ctx: Any, grad_o: Tensor, _grad_lse: Any, _grad_indices: Any) -> Any:
-        *arrays, o, lse, indices = ctx.saved_tensors
-        grads = ctx.backend.backward(
-            NSAInputs(*arrays, cu_seqlens=ctx.cu_seqlens), ctx.config, NSAOutput(o, lse, indices),
-            grad_o.contiguous(),
-        )
-        return (None, None, None, *(getattr(grads, name) for name in _ARRAYS))
+from nsa_torch import library
+from nsa_torch.dispatch import BackendChoice, backend_names
+from nsa_torch.tensors import prepare
 
 
 def nsa_attention(
     q: Tensor, k_cmp: Tensor, v_cmp: Tensor, k_slc: Tensor, v_slc: Tensor, k_win: Tensor,
     v_win: Tensor, gates: Tensor, config: NSAConfig, cu_seqlens: Any = None,
-    backend: str | None = None, return_aux: bool = False,
+    backend: BackendChoice = None, return_aux: bool = False,
 ) -> Tensor | NSAOutput:
     """NSA attention after projections, RoPE and phi (DESIGN.md, the kernel contract).
 
@@ -56,26 +33,33 @@ def nsa_attention(
         gates: [B, T, HQ, 3] activated gate values (branch order cmp, slc, win).
         config: block sizes (`nsa_spec.NSAConfig`).
         cu_seqlens: int [n_seq + 1] offsets of packed sequences (B must be 1).
-        backend: a backend name, or None for the highest-priority one that supports the call
-            (and its backward when any input requires grad). Never falls back silently.
+        backend: a backend name for every op, a mapping {"forward": name, "backward": name},
+            or None: per op the best backend that claims it (`nsa_torch.explain` shows which;
+            `NSA_BACKEND`, `NSA_BACKEND_FORWARD`, `NSA_BACKEND_BACKWARD` override). The backward
+            is chosen only when an input requires grad. Never falls back silently.
         return_aux: also return the per-branch log-sum-exp and the selected blocks.
 
     Returns:
         o [B, T, HQ, dv], or with `return_aux` the whole `NSAOutput` (o, lse [B, T, HQ, 3],
-        indices [B, T, H, n]). Differentiable with respect to every tensor argument.
+        indices [B, T, H, n], and branch_o where the forward saves it). Differentiable with
+        respect to every tensor argument. Runs as the custom op `torch.ops.nsa.attention`.
     """
-    inputs = NSAInputs(q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates, cu_seqlens)
-    host_cu = host_cu_seqlens(cu_seqlens)
-    validate_inputs(inputs.replace(cu_seqlens=host_cu), config)
-    check_tensors(inputs.arrays())
-    arrays = [getattr(inputs, name) for name in _ARRAYS]
+    check_config(config)
+    inputs = prepare(NSAInputs(q, k_cmp, v_cmp, k_slc, v_slc, k_win, v_win, gates, cu_seqlens), config)
+    arrays = list(inputs.arrays().values())
     needs_backward = torch.is_grad_enabled() and any(x.requires_grad for x in arrays)
-    problem = problem_for("forward", q, k_slc.shape[2], v_slc.shape[3], config, cu_seqlens is not None)
-    chosen = backend_for(problem, backend, needs_backward)
-    if isinstance(chosen, TorchBackend):
-        out = nsa.nsa_attention(inputs, config)
-    elif needs_backward:
-        out = NSAOutput(*_BackendAttention.apply(chosen, config, cu_seqlens, *arrays))
-    else:
-        out = chosen.forward(inputs, config)
-    return out if return_aux else out.o
+    device = q.device
+    forward, backward = backend_names(
+        "forward", device.type, str(q.dtype).removeprefix("torch."), q.shape[2], k_slc.shape[2],
+        q.shape[3], v_slc.shape[3], config, cu_seqlens is not None,
+        torch.cuda.get_device_capability(device) if device.type == "cuda" else None, q.shape[0],
+        q.shape[1], tuple(sorted(backend.items())) if isinstance(backend, Mapping) else backend,
+        needs_backward,
+    )
+    cu = None if inputs.cu_seqlens is None else torch.from_numpy(inputs.cu_seqlens.astype("int64"))
+    o, lse, indices, branch_o = library.attention(
+        *arrays, cu, *library.config_args(config, q.shape[3]), forward, backward
+    )
+    if not return_aux:
+        return o
+    return NSAOutput(o, lse, indices, branch_o if branch_o.numel() else None)

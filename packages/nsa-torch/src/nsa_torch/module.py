@@ -145,8 +145,9 @@ class NSAAttention(nn.Module):
             state = cache.append(
                 k_raw, v_raw, k_slc, v_slc, k_win, v_win, self.config, self.phi_k, self.phi_v
             )
-            problem = problem_for("decode", q, self.num_kv_heads, self.v_head_dim, self.config)
-            backend = backend_for(problem, self.backend, needs_backward=False)
+            problem = problem_for("decode", q, self.num_kv_heads, self.v_head_dim, self.config,
+                                  tokens=state.length)
+            backend = backend_for(problem, self.backend)
             result = backend.decode(state, q, gates, self.config)
         cache.reads = result.reads
         return result.out

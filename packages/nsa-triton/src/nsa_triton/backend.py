@@ -10,16 +10,24 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from nsa_spec.backends.capabilities import Capabilities, Problem
+from nsa_spec.backends.capabilities import Capabilities, Preference, Problem
 from nsa_spec.config import NSAConfig
 from nsa_spec.contract import DecodeCache, DecodeResult, NSAGrads, NSAInputs, NSAOutput
 from nsa_spec.errors import UnsupportedError
-from nsa_torch.backend import TorchBackend, capability_reasons
+from nsa_torch.backend import TorchBackend
+from nsa_torch.tensors import capability_reasons
 
 from nsa_triton.ops.online import interpreted
 
 DTYPES = ("float32", "bfloat16", "float16")
 HEAD_DIMS = frozenset(range(1, 257))
+PREFERENCES = (
+    Preference(
+        20, devices=frozenset({"cuda"}),
+        reason="on an H200 the kernels beat the eager torch backend at every length measured, "
+        "8k to 64k (3.9 vs 56 ms at 16k)",
+    ),
+)
 
 
 class TritonBackend:
@@ -38,6 +46,8 @@ class TritonBackend:
             ops=frozenset({"forward"}),
             head_dims=HEAD_DIMS,
             deterministic=True,
+            preferences=PREFERENCES,
+            saves=frozenset({"lse", "indices", "branch_o"}),
             notes={
                 "all": "forward only (backward and decode: use backend 'torch'); softmax and "
                 "accumulation in float32, float32 inputs multiply in IEEE float32; top-n by "

@@ -29,11 +29,63 @@ class Problem:
     config: NSAConfig
     varlen: bool = False
     compute_capability: tuple[int, int] | None = None
+    batch: int = 1
+    tokens: int = 1
 
     @property
     def group_size(self) -> int:
         """G = HQ / H."""
         return self.heads_q // self.heads_kv
+
+    def describe(self) -> str:
+        """One line naming the op, shapes, dtype and device, for error messages and reports."""
+        c = self.config
+        cc = self.compute_capability
+        where = self.device if cc is None else f"{self.device} (sm_{cc[0]}{cc[1]})"
+        return (
+            f"{self.op} of B={self.batch}, T={self.tokens}{' (varlen)' if self.varlen else ''}, "
+            f"HQ={self.heads_q}, H={self.heads_kv} (G={self.group_size}), dk={self.dk}, dv={self.dv}, "
+            f"{self.dtype} {self.array_api} on {where}, (l, d, l', n, w)="
+            f"({c.cmp_len}, {c.cmp_stride}, {c.slc_len}, {c.top_n}, {c.window})"
+        )
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A dispatch priority for the problems that match every given field (None matches any).
+
+    `min_tokens` lets a backend yield below a length (T for forward/backward, the cache length for
+    decode); `reason` says where the rule comes from (a measurement), shown by `info` and `explain`.
+    """
+
+    priority: int
+    ops: frozenset[str] | None = None
+    devices: frozenset[str] | None = None
+    dtypes: frozenset[str] | None = None
+    min_tokens: int = 0
+    reason: str = ""
+
+    def matches(self, problem: Problem) -> bool:
+        """Whether this rule applies to `problem`."""
+        return (
+            (self.ops is None or problem.op in self.ops)
+            and (self.devices is None or problem.device in self.devices)
+            and (self.dtypes is None or problem.dtype in self.dtypes)
+            and problem.tokens >= self.min_tokens
+        )
+
+    def describe(self) -> str:
+        """The rule as one line."""
+        parts = [f"{name}={'|'.join(sorted(v))}" for name, v in
+                 (("op", self.ops), ("device", self.devices), ("dtype", self.dtypes)) if v is not None]
+        if self.min_tokens:
+            parts.append(f"tokens>={self.min_tokens}")
+        where = ", ".join(parts) or "every problem"
+        return f"priority {self.priority} for {where}" + (f" ({self.reason})" if self.reason else "")
+
+
+SAVED_OUTPUTS = ("lse", "indices", "branch_o")
+"""The `NSAOutput` fields a forward may save for a backward (`Capabilities.saves`/`backward_needs`)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +93,10 @@ class Capabilities:
     """Everything a backend declares it supports. None in a set-valued field means "any".
 
     `block_sizes` holds (l, d, l') triples; `notes` maps an architecture ("sm90") or topic to a
-    sentence users see in `python -m nsa_spec.info`.
+    sentence users see in `python -m nsa_spec.info`. `preferences` override the backend's default
+    priority for matching problems (first match wins). `saves` names what the forward returns for
+    a backward (fields of `NSAOutput`); `backward_needs` what this backend's backward reads: a
+    forward of one backend and a backward of another combine only when needs <= saves.
     """
 
     array_api: str
@@ -55,6 +110,13 @@ class Capabilities:
     deterministic: bool = True
     min_compute_capability: tuple[int, int] | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    preferences: tuple[Preference, ...] = ()
+    saves: frozenset[str] = frozenset({"lse", "indices"})
+    backward_needs: frozenset[str] = frozenset({"indices"})
+
+    def priority_for(self, problem: Problem, default: int) -> int:
+        """The first matching preference's priority, else `default` (the backend's `priority`)."""
+        return next((p.priority for p in self.preferences if p.matches(problem)), default)
 
     def reasons(self, problem: Problem) -> list[str]:
         """Why `problem` is outside these capabilities: one line per broken rule, [] if none."""

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
-from nsa_spec.blocks import cmp_cu_seqlens, n_cmp, n_slc_blocks
+from nsa_spec.blocks import n_cmp, n_slc_blocks
 from nsa_spec.config import NSAConfig
-from nsa_spec.contract import NSAInputs, NSAOutput, validate_inputs
-from nsa_spec.errors import InvalidInputError
+from nsa_spec.contract import NSAInputs, NSAOutput
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -33,6 +31,7 @@ from nsa_torch.ops.select import (
     top_n,
 )
 from nsa_torch.ops.window import window_attention
+from nsa_torch.tensors import host_cu_seqlens, packed_sequences, prepare
 
 CHUNK_BYTES = {"cpu": 64 * 2**20, "cuda": 4 * 2**30}
 """Default budget per device type for one chunk's largest temporaries (gathered keys/values and
@@ -124,49 +123,6 @@ def _sequence(a: dict[str, Tensor], config: NSAConfig, indices: Tensor | None,
     return torch.cat(outs, 1).to(q.dtype), torch.cat(lses, 1), torch.cat(idxs, 1)
 
 
-def check_tensors(arrays: dict[str, Any]) -> None:
-    """Every array must be a floating torch tensor of one dtype on one device."""
-    q = arrays["q"]
-    for name, x in arrays.items():
-        if not isinstance(x, Tensor):
-            raise InvalidInputError(f"{name} must be a torch.Tensor: got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise InvalidInputError(f"{name} must be a floating tensor: {name}.dtype={x.dtype}")
-        if x.dtype != q.dtype or x.device != q.device:
-            raise InvalidInputError(
-                f"{name} must have q's dtype and device: {name} is {x.dtype} on {x.device}, "
-                f"q is {q.dtype} on {q.device}"
-            )
-
-
-def host_cu_seqlens(cu_seqlens: Any) -> np.ndarray | None:
-    """cu_seqlens as a host int64 array (one device sync per call, never per token)."""
-    if cu_seqlens is None:
-        return None
-    if isinstance(cu_seqlens, Tensor):
-        if cu_seqlens.is_floating_point():
-            raise InvalidInputError(f"cu_seqlens must be an int tensor: cu_seqlens.dtype={cu_seqlens.dtype}")
-        return cu_seqlens.detach().cpu().numpy()
-    return np.asarray(cu_seqlens)
-
-
-def packed_sequences(
-    arrays: dict[str, Tensor], cu: np.ndarray, config: NSAConfig
-) -> list[tuple[int, int, dict[str, Tensor]]]:
-    """Split packed inputs by host `cu` into (lo, hi, that sequence's arrays), compressed tokens
-    cut at `blocks.cmp_cu_seqlens`."""
-    cu = cu.astype(np.int64)
-    cu_cmp = cmp_cu_seqlens(cu, config)
-    pieces = []
-    for i in range(len(cu) - 1):
-        lo, hi, clo, chi = int(cu[i]), int(cu[i + 1]), int(cu_cmp[i]), int(cu_cmp[i + 1])
-        piece = {
-            name: x[:, clo:chi] if name in ("k_cmp", "v_cmp") else x[:, lo:hi] for name, x in arrays.items()
-        }
-        pieces.append((lo, hi, piece))
-    return pieces
-
-
 def nsa_attention(inputs: NSAInputs, config: NSAConfig, indices: Tensor | None = None,
                   chunk_bytes: int | None = None) -> NSAOutput:
     """NSA attention on the kernel contract -> `NSAOutput` (o in q's dtype; lse in float32, or
@@ -177,11 +133,9 @@ def nsa_attention(inputs: NSAInputs, config: NSAConfig, indices: Tensor | None =
     """
     if chunk_bytes is None:
         chunk_bytes = CHUNK_BYTES.get(inputs.q.device.type, CHUNK_BYTES["cpu"])
-    cu = host_cu_seqlens(inputs.cu_seqlens)
-    inputs = inputs.replace(cu_seqlens=cu)
-    validate_inputs(inputs, config)
+    inputs = prepare(inputs, config)
+    cu = inputs.cu_seqlens
     arrays = inputs.arrays()
-    check_tensors(arrays)
     if indices is not None:
         indices = torch.as_tensor(indices, device=inputs.q.device).long()
     if cu is None:

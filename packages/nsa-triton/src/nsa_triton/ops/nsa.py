@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from nsa_spec.blocks import n_slc_blocks
 from nsa_spec.config import NSAConfig
-from nsa_spec.contract import NSAInputs, NSAOutput, validate_inputs
-from nsa_torch.ops.nsa import check_tensors, host_cu_seqlens, packed_sequences
+from nsa_spec.contract import NSAInputs, NSAOutput
+from nsa_torch.tensors import packed_sequences, prepare
 from torch import Tensor
 
 from nsa_triton.ops.compress import compressed_attention, importance_scores
@@ -50,11 +50,9 @@ def _sequence(a: dict[str, Tensor], config: NSAConfig) -> tuple[Tensor, Tensor, 
 def nsa_attention(inputs: NSAInputs, config: NSAConfig) -> NSAOutput:
     """NSA forward on the kernel contract -> `NSAOutput` (o in q's dtype, lse float32, indices
     long, branch_o float32). Inputs are checked as `nsa_torch.ops.nsa.nsa_attention` checks them."""
-    cu = host_cu_seqlens(inputs.cu_seqlens)
-    inputs = inputs.replace(cu_seqlens=cu)
-    validate_inputs(inputs, config)
+    inputs = prepare(inputs, config)
+    cu = inputs.cu_seqlens
     arrays = inputs.arrays()
-    check_tensors(arrays)
     if cu is None:
         o, lse, idx, branch_o = _sequence(arrays, config)
         return NSAOutput(o=o, lse=lse, indices=idx, branch_o=branch_o)
