@@ -76,3 +76,10 @@ class NSAConfig:
     def softmax_scale(self, dk: int) -> float:
         """The softmax scale for query/key head dim `dk`."""
         return float(self.scale) if self.scale is not None else 1.0 / math.sqrt(dk)
+
+
+def check_config(config: object) -> NSAConfig:
+    """`config` if it is a valid `NSAConfig`, else `InvalidInputError` naming what it is."""
+    if not isinstance(config, NSAConfig):
+        raise InvalidInputError(f"config must be an nsa_spec.NSAConfig: got {type(config).__name__}")
+    return config.validate()
