@@ -7,7 +7,9 @@ from nsa_spec import InvalidInputError, NSAConfig
 from nsa_spec.config import check_config
 
 
-@pytest.mark.parametrize(("config", "kind"), [({"window": 64}, "dict"), (None, "NoneType"), ("sigmoid", "str")])
+@pytest.mark.parametrize(
+    ("config", "kind"), [({"window": 64}, "dict"), (None, "NoneType"), ("sigmoid", "str")]
+)
 def test_non_configs_are_named(config, kind):
     with pytest.raises(InvalidInputError, match=rf"^config must be an nsa_spec\.NSAConfig: got {kind}$"):
         check_config(config)
