@@ -79,7 +79,7 @@ class NSAConfig:
 
 
 def check_config(config: object) -> NSAConfig:
-    """`config` itself if it is an `NSAConfig`, else `InvalidInputError` naming its type."""
+    """`config` if it is a valid `NSAConfig`, else `InvalidInputError` naming what it is."""
     if not isinstance(config, NSAConfig):
         raise InvalidInputError(f"config must be an nsa_spec.NSAConfig: got {type(config).__name__}")
-    return config
+    return config.validate()

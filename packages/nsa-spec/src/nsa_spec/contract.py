@@ -123,6 +123,22 @@ def _expect(name: str, shape: tuple[int, ...], expected: tuple[int, ...], rule: 
         raise InvalidInputError(f"{name} must have shape {expected} ({rule}): {name}.shape={shape}")
 
 
+def check_cu_seqlens(cu_seqlens: Any, B: int, T: int) -> np.ndarray:
+    """Host offsets of packed sequences, checked: B == 1, 1-D ints from 0 to T, strictly increasing."""
+    cu = np.asarray(cu_seqlens)
+    if B != 1:
+        raise InvalidInputError(f"cu_seqlens needs B == 1 (packed sequences): B={B}")
+    if cu.ndim != 1 or cu.size < 2 or not np.issubdtype(cu.dtype, np.integer):
+        raise InvalidInputError(
+            f"cu_seqlens must be a 1-D int array of n_seq + 1 offsets: cu_seqlens={cu.tolist()}"
+        )
+    if cu[0] != 0 or cu[-1] != T or np.any(np.diff(cu) < 1):
+        raise InvalidInputError(
+            f"cu_seqlens must start at 0, end at T={T} and strictly increase: cu_seqlens={cu.tolist()}"
+        )
+    return cu
+
+
 def validate_inputs(
     inputs: NSAInputs, config: NSAConfig, raw_cmp: bool = False
 ) -> tuple[int, int, int, int, int, int, int]:
@@ -154,18 +170,7 @@ def validate_inputs(
     if inputs.cu_seqlens is None:
         N = n_cmp(T, config)
     else:
-        cu = np.asarray(inputs.cu_seqlens)
-        if B != 1:
-            raise InvalidInputError(f"cu_seqlens needs B == 1 (packed sequences): B={B}")
-        if cu.ndim != 1 or cu.size < 2 or not np.issubdtype(cu.dtype, np.integer):
-            raise InvalidInputError(
-                f"cu_seqlens must be a 1-D int array of n_seq + 1 offsets: cu_seqlens={cu.tolist()}"
-            )
-        if cu[0] != 0 or cu[-1] != T or np.any(np.diff(cu) < 1):
-            raise InvalidInputError(
-                f"cu_seqlens must start at 0, end at T={T} and strictly increase: "
-                f"cu_seqlens={cu.tolist()}"
-            )
+        cu = check_cu_seqlens(inputs.cu_seqlens, B, T)
         N = int(cmp_cu_seqlens(cu, config)[-1])
     if raw_cmp:
         _expect("k_raw", _shape("k_raw", inputs.k_cmp, 4), (B, T, H, dk), "[B, T, H, dk], the raw cmp stream")

@@ -1,28 +1,86 @@
-"""`python -m nsa_spec.info`: every backend, whether it is available (or why not), what it supports."""
+"""`python -m nsa_spec.info`: every backend, whether it can run here (or why not), what it supports.
+
+A backend that loads but declares only devices this machine lacks (e.g. CUDA without a GPU) is
+reported as installed but unable to run here. Devices are detected without importing torch
+unless torch is installed.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Iterable
+
+from nsa_spec.backends.protocol import Backend
 from nsa_spec.backends.registry import backends, load_failures
+
+FIELDS = ("array_api", "devices", "dtypes", "ops", "head_dims", "group_sizes", "block_sizes", "varlen",
+          "deterministic", "min_compute_capability")
+DEVICE_NAMES = {"cuda": "CUDA"}
+
+
+def local_devices() -> frozenset[str]:
+    """The device types this machine has: "cpu", plus "cuda" when torch sees a CUDA device."""
+    devices = {"cpu"}
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            devices.add("cuda")
+    return frozenset(devices)
+
+
+def int_ranges(values: Iterable[int]) -> str:
+    """Sorted ints with contiguous runs of three or more as lo..hi: {1, 2, 3, 5, 8, 9} -> "1..3, 5, 8, 9"."""
+    runs: list[list[int]] = []
+    for v in sorted(values):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    parts = []
+    for lo, hi in runs:
+        if hi - lo >= 2:
+            parts.append(f"{lo}..{hi}")
+        else:
+            parts.extend(str(v) for v in range(lo, hi + 1))
+    return ", ".join(parts)
 
 
 def _fmt(value: object) -> str:
     if value is None:
         return "any"
     if isinstance(value, frozenset):
+        if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return int_ranges(value)
         return ", ".join(str(v) for v in sorted(value))
     return str(value)
 
 
-def render() -> str:
-    """The report as text."""
+def status(backend: Backend, devices: frozenset[str]) -> str:
+    """"available", "available on ... (no ... device on this machine)", "installed, but no ...
+    device on this machine", or "unavailable: <reason>"."""
+    why = backend.unavailable_reason()
+    if why is not None:
+        return f"unavailable: {why}"
+    declared = backend.capabilities.devices
+    missing = sorted(declared - devices)
+    if not missing:
+        return "available"
+    lacks = " or ".join(DEVICE_NAMES.get(d, d) for d in missing)
+    present = sorted(declared & devices)
+    if not present:
+        return f"installed, but no {lacks} device on this machine"
+    return f"available on {', '.join(present)} (no {lacks} device on this machine)"
+
+
+def render(devices: frozenset[str] | None = None) -> str:
+    """The report as text, for a machine with `devices` (default: `local_devices()`)."""
+    devices = local_devices() if devices is None else devices
     lines = []
     for name, backend in backends().items():
-        why = backend.unavailable_reason()
-        status = "available" if why is None else f"unavailable: {why}"
         caps = backend.capabilities
-        lines.append(f"{name} (priority {backend.priority}): {status}")
-        for field in ("array_api", "devices", "dtypes", "ops", "head_dims", "group_sizes",
-                      "block_sizes", "varlen", "deterministic", "min_compute_capability"):
+        lines.append(f"{name} (priority {backend.priority}): {status(backend, devices)}")
+        for field in FIELDS:
             lines.append(f"    {field:<22} {_fmt(getattr(caps, field))}")
         for topic, note in caps.notes.items():
             lines.append(f"    note[{topic}]: {note}")
