@@ -14,7 +14,7 @@ from nsa_spec.backends.protocol import Backend
 from nsa_spec.backends.registry import backends, load_failures
 
 FIELDS = ("array_api", "devices", "dtypes", "ops", "head_dims", "group_sizes", "block_sizes", "varlen",
-          "deterministic", "min_compute_capability")
+          "deterministic", "min_compute_capability", "saves", "backward_needs")
 DEVICE_NAMES = {"cuda": "CUDA"}
 
 
@@ -82,6 +82,8 @@ def render(devices: frozenset[str] | None = None) -> str:
         lines.append(f"{name} (priority {backend.priority}): {status(backend, devices)}")
         for field in FIELDS:
             lines.append(f"    {field:<22} {_fmt(getattr(caps, field))}")
+        for rule in caps.preferences:
+            lines.append(f"    {'preference':<22} {rule.describe()}")
         for topic, note in caps.notes.items():
             lines.append(f"    note[{topic}]: {note}")
     for name, error in load_failures().items():

@@ -24,8 +24,8 @@ HEAD_DIMS = frozenset(range(1, 257))
 PREFERENCES = (
     Preference(
         20, devices=frozenset({"cuda"}),
-        reason="on an H200 the kernels beat the eager torch backend at every length measured, "
-        "8k to 64k (3.9 vs 56 ms at 16k)",
+        reason="H200: faster than the eager torch backend at every length measured, e.g. "
+        "NSAAttention forward at T=16k, 16 heads: 3.86 vs 56.4 ms",
     ),
 )
 
