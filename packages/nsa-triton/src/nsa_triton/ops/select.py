@@ -179,7 +179,7 @@ def _slc_bwd_dq(Q, K, V, IDX, DO, GATE, LSE, DELTA, DQ, sq_b, sq_t, sq_h, sk_b, 
     do = (do * gate[:, None]).to(Q.dtype.element_ty)
     lse = tl.load(LSE + b * sl_b + t * sl_t + hq * sl_h, mask=g_ok, other=0.0)  # [GP]
     delta = tl.load(DELTA + b * se_b + t * se_t + hq * se_h, mask=g_ok, other=0.0)  # [GP]
-    dq = tl.zeros([GP, DKP], tl.float32)
+    dq = tl.zeros([GP, DKP], tl.float32)  # [GP, DKP]
     K += b * sk_b + h * sk_h
     V += b * sv_b + h * sv_h
     IDX += b * si_b + t * si_t + h * si_h
@@ -260,8 +260,8 @@ def _slc_bwd_dkdv(Q, K, V, DO, GATE, LSE, DELTA, TOK, PIECES, DK_OUT, DV_OUT, PK
                 mask=busy[:, None] & (ck[None, :] < DK), other=0.0)  # [BK, DKP]
     v = tl.load(V + b * sv_b + pos[:, None] * sv_t + h * sv_h + cv[None, :],
                 mask=busy[:, None] & (cv[None, :] < DV), other=0.0)  # [BK, DVP]
-    dk = tl.zeros([BK, DKP], tl.float32)
-    dv = tl.zeros([BK, DVP], tl.float32)
+    dk = tl.zeros([BK, DKP], tl.float32)  # [BK, DKP]
+    dv = tl.zeros([BK, DVP], tl.float32)  # [BK, DVP]
     TOK += bh * st_bh
     if INTERP:
         i0 = start
@@ -308,8 +308,8 @@ def _slc_bwd_reduce(DK_OUT, DV_OUT, PK, PV, EXTRA, se_bh, sdk_b, sdk_t, sdk_h, s
     v_ok = key_ok[:, None] & (cv[None, :] < DV)
     pk = PK + bh * spk_bh + in_blk[:, None] * DK + ck[None, :]  # [BK, DKP]
     pv = PV + bh * spv_bh + in_blk[:, None] * DV + cv[None, :]  # [BK, DVP]
-    dk = tl.zeros([BK, DKP], tl.float32)
-    dv = tl.zeros([BK, DVP], tl.float32)
+    dk = tl.zeros([BK, DKP], tl.float32)  # [BK, DKP]
+    dv = tl.zeros([BK, DVP], tl.float32)  # [BK, DVP]
     if INTERP:
         e = lo
         while e < hi:
