@@ -29,7 +29,7 @@ MIN_TILE = 16  # the smallest tl.dot dimension
 DOT_MIN = tl.constexpr(MIN_TILE)  # the same, for kernels' static asserts
 NUM_STAGES = 2  # software-pipeline depth of the streamed loads
 SMEM_BUDGET = 160 * 1024  # bytes of shared memory the tiles may plan for (H200: 228 KiB per SM)
-WIDE_ACC = 64 * 256  # float32 accumulator elements per program above which 8 warps run, not 4
+WIDE_ACC = 64 * 128  # float32 accumulator elements per program above which 8 warps run, not 4
 NUM_WARPS, NUM_WARPS_WIDE = 4, 8
 
 

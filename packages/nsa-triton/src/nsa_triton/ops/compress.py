@@ -7,6 +7,11 @@ log-sum-exp known, recomputes p_cmp, sums it over the group and maps it onto sel
 score[j] = sum_i M[i, j] p[i] with M[i, j] = |[i*d, i*d + l) n [j*l', (j+1)*l')| / d. Each
 program owns whole output blocks (it loads the l/d - 1 tokens of halo a block shares with its
 left neighbour), so no score is written twice and the pass is deterministic.
+
+Backward (`nsa_triton.ops.attention_grad` has the step): one program per compressed-key tile
+walks the row tiles of the tokens that can see it (from token i*d + l - 1 on) and writes that
+tile's dK/dV; one program per row tile walks the visible key tiles and adds its dQ. The scores
+are not differentiated (the selection is fixed).
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ head (GQA by mapping query heads to their kv head) and visits only the keys in
 [t_first - w + 1, t_last]. It then mixes its own output with the compressed and selected branch
 outputs (float32, written earlier into `branch_o`) under the gates, stores its own output beside
 them (the backward's gate gradient reads all three) and writes the final o in q's dtype.
+
+Backward (`nsa_triton.ops.attention_grad` has the step; the combine's own backward is
+`nsa_triton.ops.combine`): one program per key tile [s0, s0 + BN) walks the row tiles of tokens
+s0 .. s0 + BN + w - 2 and writes that tile's dK/dV; one program per row tile walks the band and
+adds its dQ.
 """
 
 from __future__ import annotations
