@@ -7,6 +7,11 @@ log-sum-exp known, recomputes p_cmp, sums it over the group and maps it onto sel
 score[j] = sum_i M[i, j] p[i] with M[i, j] = |[i*d, i*d + l) n [j*l', (j+1)*l')| / d. Each
 program owns whole output blocks (it loads the l/d - 1 tokens of halo a block shares with its
 left neighbour), so no score is written twice and the pass is deterministic.
+
+Backward (`nsa_triton.ops.attention_grad` has the step): one program per compressed-key tile
+walks the row tiles of the tokens that can see it (from token i*d + l - 1 on) and writes that
+tile's dK/dV; one program per row tile walks the visible key tiles and adds its dQ. The scores
+are not differentiated (the selection is fixed).
 """
 
 from __future__ import annotations
@@ -17,6 +22,14 @@ import triton.language as tl
 from nsa_spec.config import NSAConfig
 from torch import Tensor
 
+from nsa_triton.ops.attention_grad import (
+    DOT_MIN,
+    BackwardTiles,
+    backward_tiles,
+    grad_step,
+    grad_step_keys,
+    load_rows,
+)
 from nsa_triton.ops.online import dot, finish, interpreted, online_step
 from nsa_triton.ops.tiles import dot_precision, group_tile, padded
 
@@ -182,3 +195,155 @@ def importance_scores(q: Tensor, k_cmp: Tensor, lse: Tensor, n_blocks: int, conf
         INTERP=interpreted(), num_warps=num_warps,
     )
     return scores
+
+
+@triton.jit
+def _cmp_dkdv_rows(pid_t, k, v, i, dk, dv, Q, DO, GATE, LSE, DELTA, sq_t, sq_h, so_t, so_h, sg_t, sg_h,
+                   sl_t, sl_h, sd_t, sd_h, h, T, N, G, DK, DV, scale, L_CMP: tl.constexpr,
+                   D_CMP: tl.constexpr, BT: tl.constexpr, GP: tl.constexpr, DKP: tl.constexpr,
+                   DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
+    t, g, row_ok = _rows(pid_t, T, G, BT, GP)
+    q, do, gate, lse, delta = load_rows(Q, DO, GATE, LSE, DELTA, t, h * G + g, row_ok, sq_t, sq_h, so_t,
+                                        so_h, sg_t, sg_h, sl_t, sl_h, sd_t, sd_h, DK, DV, DKP, DVP)
+    vis = (i[:, None] * D_CMP + L_CMP <= t[None, :] + 1) & (i[:, None] < N) & row_ok[None, :]
+    pgt, dst = grad_step_keys(q, k, v, do, gate, lse, delta, vis, scale, PREC,
+                              INTERP)  # [BN, BT * GP] x2
+    dv += dot(pgt.to(do.dtype), do, PREC, INTERP)  # [BN, DVP]
+    dk += dot(dst.to(q.dtype), q, PREC, INTERP)  # [BN, DKP]
+    return dk, dv
+
+
+@triton.jit
+def _cmp_bwd_dkdv(Q, K, V, DO, GATE, LSE, DELTA, GK, GV, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n,
+                  sv_h, so_b, so_t, so_h, sg_b, sg_t, sg_h, sl_b, sl_t, sl_h, sd_b, sd_t, sd_h, sgk_b,
+                  sgk_n, sgk_h, sgv_b, sgv_n, sgv_h, T, N, H, G, DK, DV, scale, L_CMP: tl.constexpr,
+                  D_CMP: tl.constexpr, BT: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr,
+                  DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
+    tl.static_assert((BT * GP >= DOT_MIN) & (BN >= DOT_MIN), "tl.dot needs 16 rows and keys")
+    pid_n = tl.program_id(0)
+    b = (tl.program_id(1) // H).to(tl.int64)
+    h = tl.program_id(1) % H
+    i = pid_n * BN + tl.arange(0, BN)
+    i64 = i.to(tl.int64)
+    ck = tl.arange(0, DKP)
+    cv = tl.arange(0, DVP)
+    k_ok = (i[:, None] < N) & (ck[None, :] < DK)
+    v_ok = (i[:, None] < N) & (cv[None, :] < DV)
+    k = tl.load(K + b * sk_b + h * sk_h + i64[:, None] * sk_n + ck[None, :], mask=k_ok,
+                other=0.0)  # [BN, DKP]
+    v = tl.load(V + b * sv_b + h * sv_h + i64[:, None] * sv_n + cv[None, :], mask=v_ok,
+                other=0.0)  # [BN, DVP]
+    dk = tl.zeros([BN, DKP], tl.float32)
+    dv = tl.zeros([BN, DVP], tl.float32)
+    Q += b * sq_b
+    DO += b * so_b
+    GATE += b * sg_b
+    LSE += b * sl_b
+    DELTA += b * sd_b
+    tile_lo = (pid_n * BN * D_CMP + L_CMP - 1) // BT
+    tile_hi = tl.cdiv(T, BT)
+    if INTERP:
+        pid_t = tile_lo
+        while pid_t < tile_hi:
+            dk, dv = _cmp_dkdv_rows(pid_t, k, v, i, dk, dv, Q, DO, GATE, LSE, DELTA, sq_t, sq_h, so_t, so_h,
+                                    sg_t, sg_h, sl_t, sl_h, sd_t, sd_h, h, T, N, G, DK, DV, scale, L_CMP,
+                                    D_CMP, BT, GP, DKP, DVP, PREC, INTERP)
+            pid_t += 1
+    else:
+        for pid_t in range(tile_lo, tile_hi):
+            dk, dv = _cmp_dkdv_rows(pid_t, k, v, i, dk, dv, Q, DO, GATE, LSE, DELTA, sq_t, sq_h, so_t, so_h,
+                                    sg_t, sg_h, sl_t, sl_h, sd_t, sd_h, h, T, N, G, DK, DV, scale, L_CMP,
+                                    D_CMP, BT, GP, DKP, DVP, PREC, INTERP)
+    tl.store(GK + b * sgk_b + h * sgk_h + i64[:, None] * sgk_n + ck[None, :], dk * scale, mask=k_ok)
+    tl.store(GV + b * sgv_b + h * sgv_h + i64[:, None] * sgv_n + cv[None, :], dv, mask=v_ok)
+
+
+@triton.jit
+def _cmp_dq_keys(n0, q, do, gate, lse, delta, t, row_ok, dq, K, V, sk_n, sv_n, N, DK, DV, scale,
+                 L_CMP: tl.constexpr, D_CMP: tl.constexpr, BN: tl.constexpr, DKP: tl.constexpr,
+                 DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
+    i = n0 + tl.arange(0, BN)
+    i64 = i.to(tl.int64)
+    ck = tl.arange(0, DKP)
+    cv = tl.arange(0, DVP)
+    k = tl.load(K + i64[:, None] * sk_n + ck[None, :], mask=(i[:, None] < N) & (ck[None, :] < DK),
+                other=0.0)  # [BN, DKP]
+    v = tl.load(V + i64[:, None] * sv_n + cv[None, :], mask=(i[:, None] < N) & (cv[None, :] < DV),
+                other=0.0)  # [BN, DVP]
+    vis = (i[None, :] * D_CMP + L_CMP <= t[:, None] + 1) & (i[None, :] < N) & row_ok[:, None]
+    _, ds = grad_step(q, k, v, do, gate, lse, delta, vis, scale, PREC, INTERP)  # [BT * GP, BN]
+    return dq + dot(ds.to(k.dtype), k, PREC, INTERP)  # [BT * GP, DKP]
+
+
+@triton.jit
+def _cmp_bwd_dq(Q, K, V, DO, GATE, LSE, DELTA, GQ, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n, sv_h,
+                so_b, so_t, so_h, sg_b, sg_t, sg_h, sl_b, sl_t, sl_h, sd_b, sd_t, sd_h, sgq_b, sgq_t, sgq_h,
+                T, N, H, G, DK, DV, scale, L_CMP: tl.constexpr, D_CMP: tl.constexpr, BT: tl.constexpr,
+                GP: tl.constexpr, BN: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
+                PREC: tl.constexpr, INTERP: tl.constexpr):
+    tl.static_assert((BT * GP >= DOT_MIN) & (BN >= DOT_MIN), "tl.dot needs 16 rows and keys")
+    pid_t = tl.program_id(0)
+    b = (tl.program_id(1) // H).to(tl.int64)
+    h = tl.program_id(1) % H
+    t, g, row_ok = _rows(pid_t, T, G, BT, GP)
+    hq = h * G + g
+    q, do, gate, lse, delta = load_rows(Q + b * sq_b, DO + b * so_b, GATE + b * sg_b, LSE + b * sl_b,
+                                        DELTA + b * sd_b, t, hq, row_ok, sq_t, sq_h, so_t, so_h, sg_t,
+                                        sg_h, sl_t, sl_h, sd_t, sd_h, DK, DV, DKP, DVP)
+    dq = tl.zeros([BT * GP, DKP], tl.float32)
+    t_last = tl.minimum(pid_t * BT + BT - 1, T - 1)
+    n_hi = tl.minimum(tl.maximum(t_last + 1 - L_CMP + D_CMP, 0) // D_CMP, N)
+    K += b * sk_b + h * sk_h
+    V += b * sv_b + h * sv_h
+    if INTERP:
+        n0 = 0
+        while n0 < n_hi:
+            dq = _cmp_dq_keys(n0, q, do, gate, lse, delta, t, row_ok, dq, K, V, sk_n, sv_n, N, DK, DV,
+                              scale, L_CMP, D_CMP, BN, DKP, DVP, PREC, INTERP)
+            n0 += BN
+    else:
+        for n0 in range(0, n_hi, BN):
+            dq = _cmp_dq_keys(n0, q, do, gate, lse, delta, t, row_ok, dq, K, V, sk_n, sv_n, N, DK, DV,
+                              scale, L_CMP, D_CMP, BN, DKP, DVP, PREC, INTERP)
+    ck = tl.arange(0, DKP)
+    out = GQ + b * sgq_b + t.to(tl.int64)[:, None] * sgq_t + hq[:, None] * sgq_h + ck[None, :]
+    out_ok = row_ok[:, None] & (ck[None, :] < DK)
+    tl.store(out, tl.load(out, mask=out_ok, other=0.0) + dq * scale, mask=out_ok)
+
+
+def compressed_attention_backward(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, grad_o: Tensor, gate: Tensor,
+                                  lse: Tensor, delta: Tensor, dq: Tensor, config: NSAConfig, scale: float,
+                                  tiles: BackwardTiles | None = None) -> tuple[Tensor, Tensor]:
+    """Gradients of the compressed branch: adds its part to dq (float32 [B, T, HQ, dk]) and
+    returns dk_cmp, dv_cmp (float32 [B, N, H, dk|dv]).
+
+    grad_o [B, T, HQ, dv] is the gradient of the gated output; gate [B, T, HQ] this branch's
+    gate, lse its forward log-sum-exp, delta its rowsum(dO * O) (views, float32 for lse/delta).
+    """
+    B, T, HQ, dk = q.shape
+    N, H, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[3]
+    G = HQ // H
+    dk_cmp = torch.empty((B, N, H, dk), dtype=torch.float32, device=q.device)
+    dv_cmp = torch.empty((B, N, H, dv), dtype=torch.float32, device=q.device)
+    if N == 0:
+        return dk_cmp, dv_cmp
+    tiles = tiles or backward_tiles(group_tile(G, 1)[1], dk, dv, q.element_size())
+    bt, gp = group_tile(G, tiles.rows)
+    common = dict(
+        T=T, N=N, H=H, G=G, DK=dk, DV=dv, scale=scale, L_CMP=config.cmp_len, D_CMP=config.cmp_stride,
+        BT=bt, GP=gp, BN=tiles.keys, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
+        INTERP=interpreted(), num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+    )
+    strides = (q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
+               v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2), grad_o.stride(0), grad_o.stride(1),
+               grad_o.stride(2), gate.stride(0), gate.stride(1), gate.stride(2), lse.stride(0),
+               lse.stride(1), lse.stride(2), delta.stride(0), delta.stride(1), delta.stride(2))
+    _cmp_bwd_dkdv[(triton.cdiv(N, tiles.keys), B * H)](
+        q, k_cmp, v_cmp, grad_o, gate, lse, delta, dk_cmp, dv_cmp, *strides, dk_cmp.stride(0),
+        dk_cmp.stride(1), dk_cmp.stride(2), dv_cmp.stride(0), dv_cmp.stride(1), dv_cmp.stride(2), **common,
+    )
+    _cmp_bwd_dq[(triton.cdiv(T, bt), B * H)](
+        q, k_cmp, v_cmp, grad_o, gate, lse, delta, dq, *strides, dq.stride(0), dq.stride(1), dq.stride(2),
+        **common,
+    )
+    return dk_cmp, dv_cmp
