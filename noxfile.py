@@ -1,4 +1,9 @@
-"""Every session a user or CI runs. `nox --list` documents them; `nox -t ci` is what CI runs."""
+"""Every session a user or CI runs. `nox --list` documents them; `nox -t ci` is what CI runs.
+
+`nox -s build` puts every package's wheel in dist/; `install` checks each one alone in a fresh venv.
+`conformance-triton` on the CPU runs TRITON_CPU_SUBSET under Triton's interpreter (which tests, and
+why the rest is GPU-only: the comment above it); `-- --nsa-device cuda` runs the whole suite.
+"""
 
 from __future__ import annotations
 
