@@ -1,8 +1,15 @@
-"""Every session a user or CI runs. `nox --list` documents them; `nox -t ci` is what CI runs."""
+"""Every session a user or CI runs. `nox --list` documents them; `nox -t ci` is what CI runs.
+
+`nox -s build` puts every package's wheel in dist/; `install` checks each one alone in a fresh venv.
+`conformance-triton` on the CPU runs TRITON_CPU_SUBSET under Triton's interpreter (which tests, and
+why the rest is GPU-only: the comment above it); `-- --nsa-device cuda` runs the whole suite.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import nox
 
@@ -13,11 +20,85 @@ CONSTRAINTS = ("-c", "constraints.txt")
 SPEC = "-e./packages/nsa-spec[grad]"
 TEST_DEPS = ("pytest>=8", "hypothesis>=6.100")
 
+# Every distributable package, in dependency order: its source folder, its import name and the
+# backend that `python -m nsa_spec.info` must then list as loaded.
+PACKAGES = {
+    "nsa-spec": ("packages/nsa-spec", "nsa_spec", "numpy"),
+    "nsa-torch": ("packages/nsa-torch", "nsa_torch", "torch"),
+    "nsa-triton": ("packages/nsa-triton", "nsa_triton", "triton"),
+    "nsa-conformance": ("conformance", "nsa_conformance", "numpy"),
+}
+DIST = "dist"
+
 # What each conformance target installs beside nsa-spec and the suite.
 BACKEND_PACKAGES = {
     "numpy": (),
     "torch": ("-e./packages/nsa-torch",),
+    "triton": ("-e./packages/nsa-torch", "-e./packages/nsa-triton"),
 }
+
+# The CPU run of the triton conformance suite under Triton's interpreter, which runs each kernel
+# program in Python, some 10^4 times slower than a GPU: one small case of every stage, of the tie
+# rule, of each invariant and of packed sequences, in float32, the forward stages again in
+# bfloat16, and the whole capability and invalid-input catalogue. The quick backward and decode
+# cases are in it and run once the backend claims those ops (the suite skips unclaimed ones). The
+# rest, float16, the bitwise-determinism check (programs run one after another here, so it could not
+# see a race) and the Hypothesis shapes, is GPU-only: conformance/README.md.
+TRITON_CPU_FLOAT32 = (
+    "test_forward[B1-T1-", "test_forward[B1-T7-", "test_forward[B1-T77-", "test_forward[B1-T299-",
+    "test_branch[B1-T1-", "test_branch[B1-T7-", "test_branch[B1-T77-", "test_tie_rule[B1-T299-",
+    "test_causality[B1-T77-", "test_every_allowed_key_gets_weight[B1-T7-",
+    "test_every_allowed_key_gets_weight[B1-T77-HQ8-H1-dk16-dv16-l16d8s32n3w7-cmp",
+    "test_gqa_consistency[B1-T53-HQ8-", "test_full_attention_equivalence[B1-T20-",
+    "test_varlen_equals_separate_runs[B1-T90-", "test_varlen_poison_does_not_leak",
+    "test_large_scores[B1-T45-", "test_backward[B2-T61-", "test_prefill_equals_decode[B2-T70-",
+)
+TRITON_CPU_BFLOAT16 = ("test_forward[B1-T77-", "test_branch[B1-T77-")
+TRITON_CPU_SUBSET = (
+    "-k", f"test_contract or (float32 and ({' or '.join(TRITON_CPU_FLOAT32)}))"
+          f" or (bfloat16 and ({' or '.join(TRITON_CPU_BFLOAT16)}))",
+    "--nsa-dtype", "float32", "--nsa-dtype", "bfloat16",
+)
+
+
+def _build_wheels(session: nox.Session, dest: str) -> None:
+    """One wheel per package into `dest`, replacing wheels an earlier build left there."""
+    for old in Path(dest).glob("nsa_*.whl"):
+        old.unlink()
+    folders = [f"./{folder}" for folder, _, _ in PACKAGES.values()]
+    session.run("python", "-m", "pip", "wheel", "-q", "--no-deps", "-w", dest, *folders)
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Every package's wheel into dist/: then `pip install --find-links dist nsa-triton` (README)."""
+    _build_wheels(session, DIST)
+    session.log("wheels: " + ", ".join(sorted(p.name for p in Path(DIST).glob("nsa_*.whl"))))
+
+
+# Run in each install venv: the package imports, its backend is registered and nothing failed to load.
+LOADS = """import {module}
+from nsa_spec.backends import backends, load_failures
+assert '{backend}' in backends() and not load_failures(), (sorted(backends()), load_failures())"""
+
+
+@nox.session(tags=["ci"])
+def install(session: nox.Session) -> None:
+    """Each package alone from a fresh wheelhouse into a fresh venv: it imports and its backend loads."""
+    tmp = Path(session.create_tmp())
+    wheelhouse = str(tmp / "wheelhouse")
+    _build_wheels(session, wheelhouse)
+    constraints = str(Path("constraints.txt").resolve())
+    for name, (_, module, backend) in PACKAGES.items():
+        venv = tmp / f"venv-{name}"
+        shutil.rmtree(venv, ignore_errors=True)
+        session.run("python", "-m", "venv", str(venv))
+        python = str(venv / "bin" / "python")
+        session.run(python, "-m", "pip", "install", "-q", "--no-compile", "--find-links", wheelhouse,
+                    "-c", constraints, name, external=True)
+        session.run(python, "-c", LOADS.format(module=module, backend=backend), external=True)
+        session.run(python, "-m", "nsa_spec.info", external=True)
+        shutil.rmtree(venv)
 
 
 @nox.session(tags=["ci"])
@@ -28,16 +109,28 @@ def lint(session: nox.Session) -> None:
 
 
 def _conformance_session(backend: str) -> None:
-    @nox.session(name=f"conformance-{backend}", tags=["ci"])
     def conformance(session: nox.Session) -> None:
-        """The conformance suite against one backend (conformance/README.md); numpy adds its meta-test."""
-        session.install(*CONSTRAINTS, SPEC, *BACKEND_PACKAGES[backend], "-e./conformance", *TEST_DEPS)
         xfail = f"packages/nsa-{backend}/conformance-xfail.txt"
         known_gaps = ("--nsa-xfail", xfail) if os.path.exists(xfail) else ()
+        session.install(*CONSTRAINTS, SPEC, *BACKEND_PACKAGES[backend], "-e./conformance", *TEST_DEPS)
+        on_gpu = "cuda" in session.posargs or "--nsa-device=cuda" in session.posargs
+        subset, env = (TRITON_CPU_SUBSET, {"TRITON_INTERPRET": "1"}) if backend == "triton" and not on_gpu \
+            else ((), {})
         session.run("pytest", "--pyargs", "nsa_conformance.suite", "--nsa-backend", backend,
-                    *known_gaps, *session.posargs)
+                    *known_gaps, *subset, *session.posargs, env=env)
         if backend == "numpy":
             session.run("pytest", "conformance/tests")
+
+    conformance.__doc__ = CONFORMANCE_DOCS.get(
+        backend, "The conformance suite against one backend (conformance/README.md).")
+    nox.session(name=f"conformance-{backend}", tags=["ci"])(conformance)
+
+
+CONFORMANCE_DOCS = {
+    "numpy": "The conformance suite against the float64 reference, then the suite's own meta-test.",
+    "triton": "The suite against triton: on the CPU TRITON_CPU_SUBSET under Triton's interpreter; "
+              "`-- --nsa-device cuda` runs all of it on a GPU.",
+}
 
 
 for _backend in BACKEND_PACKAGES:
@@ -86,9 +179,23 @@ DOCS_DEPS = (
 )
 
 
+def _ensure_chromium(session: nox.Session) -> None:
+    """Chromium for the browser check (NSA_CHROMIUM, default /usr/bin/chromium): Debian's if missing."""
+    if Path(os.environ.get("NSA_CHROMIUM", "/usr/bin/chromium")).is_file():
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        session.error("the docs browser check needs Chromium: install it (Debian/Ubuntu: "
+                      "sudo apt-get install chromium) or point NSA_CHROMIUM at a Chromium binary")
+    session.log("installing Debian's chromium for the docs browser check")
+    apt = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=apt)
+    session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=apt)
+
+
 @nox.session(tags=["ci"])
 def docs(session: nox.Session) -> None:
     """The spec site: `mkdocs build --strict`, then its tests (snippets, API coverage, Chromium render)."""
+    _ensure_chromium(session)
     packages = [f"-e./{p}" for p in ("packages/nsa-torch", "conformance") if os.path.isdir(p)]
     session.install(*CONSTRAINTS, SPEC, *packages, *DOCS_DEPS)
     session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
