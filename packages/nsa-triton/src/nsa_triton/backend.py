@@ -1,8 +1,8 @@
-"""Backend "triton": the forward kernels of `nsa_triton.ops` under the `nsa.backends` group.
+"""Backend "triton": the kernels of `nsa_triton.ops` under the `nsa.backends` group.
 
-Forward only: backward and decode are outside the declared capabilities, so dispatch refuses
-them with that reason. Runs on CUDA; on the CPU only through Triton's interpreter, claimed when
-TRITON_INTERPRET=1 is set at construction time.
+Forward and backward (deterministic: no atomics); decode is outside the declared capabilities,
+so dispatch refuses it with that reason. Runs on CUDA; on the CPU only through Triton's
+interpreter, claimed when TRITON_INTERPRET=1 is set at construction time.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from nsa_torch.backend import TorchBackend
 from nsa_torch.tensors import capability_reasons
 
 from nsa_triton.ops.online import interpreted
+from nsa_triton.ops.select import TOP_N_MAX_BLOCKS
 
 DTYPES = ("float32", "bfloat16", "float16")
 HEAD_DIMS = frozenset(range(1, 257))
@@ -31,8 +32,9 @@ PREFERENCES = (
 
 
 class TritonBackend:
-    """Triton forward kernels: the selected branch per (token, kv head) over its n blocks, a
-    causal band for the window, a tiled pass for the compressed branch and its block scores."""
+    """Triton kernels: the selected branch per (token, kv head) over its n blocks, a causal band
+    for the window, a tiled pass for the compressed branch and its block scores; their backward
+    from the forward's saved lse, indices and branch outputs."""
 
     name = "triton"
     priority = 5
@@ -43,15 +45,16 @@ class TritonBackend:
             array_api="torch",
             devices=frozenset(devices),
             dtypes=frozenset(DTYPES),
-            ops=frozenset({"forward"}),
+            ops=frozenset({"forward", "backward"}),
             head_dims=HEAD_DIMS,
             deterministic=True,
             preferences=PREFERENCES,
             saves=frozenset({"lse", "indices", "branch_o"}),
+            backward_needs=frozenset({"lse", "indices", "branch_o"}),
             notes={
-                "all": "forward only (backward and decode: use backend 'torch'); softmax and "
-                "accumulation in float32, float32 inputs multiply in IEEE float32; top-n by "
-                "nsa_torch's stable sort",
+                "all": "forward and backward (decode: use backend 'torch'); softmax and "
+                "accumulation in float32, float32 inputs multiply in IEEE float32; the forward "
+                "saves the three branch outputs (float32 [B, T, HQ, 3, dv]) for the backward",
                 "cpu": "only under Triton's interpreter (TRITON_INTERPRET=1 at construction)",
             },
         )
@@ -65,8 +68,16 @@ class TritonBackend:
         return None
 
     def not_supported_reasons(self, problem: Problem) -> list[str]:
-        """The capability rules `problem` breaks, plus a missing CUDA device."""
-        return capability_reasons(self.capabilities, problem)
+        """The capability rules `problem` breaks, a missing CUDA device, and more selection blocks
+        than one top-n program holds."""
+        reasons = capability_reasons(self.capabilities, problem)
+        blocks = -(-problem.tokens // problem.config.slc_len)
+        if problem.op != "decode" and blocks > TOP_N_MAX_BLOCKS:
+            reasons.append(
+                f"T={problem.tokens} makes {blocks} selection blocks of l'={problem.config.slc_len}; "
+                f"the top-n kernel holds at most {TOP_N_MAX_BLOCKS}"
+            )
+        return reasons
 
     def forward(self, inputs: NSAInputs, config: NSAConfig) -> NSAOutput:
         """o, lse and selected indices."""
@@ -76,12 +87,15 @@ class TritonBackend:
             return nsa_attention(inputs, config)
 
     def backward(self, inputs: NSAInputs, config: NSAConfig, out: NSAOutput, grad_o: Any) -> NSAGrads:
-        """Not implemented: raises `UnsupportedError`."""
-        raise UnsupportedError("backend 'triton' implements the forward only: op='backward' is not supported")
+        """Gradients of sum(o * grad_o) from the forward's lse, indices and branch_o."""
+        from nsa_triton.ops.nsa import nsa_attention_backward
+
+        with torch.no_grad():
+            return nsa_attention_backward(inputs, config, out, grad_o)
 
     def decode(self, cache: DecodeCache, q: Any, gates: Any, config: NSAConfig) -> DecodeResult:
         """Not implemented: raises `UnsupportedError`."""
-        raise UnsupportedError("backend 'triton' implements the forward only: op='decode' is not supported")
+        raise UnsupportedError("backend 'triton' has no decode step yet: op='decode' is not supported")
 
     asarray = TorchBackend.asarray
     to_numpy = TorchBackend.to_numpy

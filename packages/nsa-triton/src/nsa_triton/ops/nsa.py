@@ -1,10 +1,15 @@
 """The composition, as `nsa_torch.ops.nsa`: compressed branch, importance scores, top-n, selected
-branch, and the window branch fused with the gated combine.
+branch, and the window branch fused with the gated combine; then the backward of it all.
 
 The branch outputs go to one float32 buffer `branch_o` [B, T, HQ, 3, dv] (compressed, selected,
 window); the window kernel reads the first two, writes the third and the gated o in q's dtype.
 `branch_o` is kept in `NSAOutput` for the backward (the gates' gradient and each branch's
 rowsum(dO * O) need it). Packed sequences (cu_seqlens) run one by one.
+
+The backward reads the forward's lse, indices and branch_o (nothing is recomputed but each
+branch's probabilities): `combine_backward` gives the gates' gradient and each branch's
+rowsum(dO_c * O_c), then the three branch backwards run one after another, each adding its share
+to one float32 dq. Selection is not differentiated: the forward's indices are used.
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ from __future__ import annotations
 import torch
 from nsa_spec.blocks import n_slc_blocks
 from nsa_spec.config import NSAConfig
-from nsa_spec.contract import NSAInputs, NSAOutput
+from nsa_spec.contract import ARRAYS, NSAGrads, NSAInputs, NSAOutput
+from nsa_spec.errors import InvalidInputError
 from nsa_torch.tensors import packed_sequences, prepare
 from torch import Tensor
 
-from nsa_triton.ops.compress import compressed_attention, importance_scores
-from nsa_triton.ops.select import selected_attention, top_n
-from nsa_triton.ops.window import window_attention
+from nsa_triton.ops.combine import combine_backward
+from nsa_triton.ops.compress import compressed_attention, compressed_attention_backward, importance_scores
+from nsa_triton.ops.select import selected_attention, selected_attention_backward, top_n
+from nsa_triton.ops.window import window_attention, window_attention_backward
 
 
 def _rows_contiguous(x: Tensor) -> Tensor:
@@ -59,3 +66,50 @@ def nsa_attention(inputs: NSAInputs, config: NSAConfig) -> NSAOutput:
     outs = [_sequence(piece, config) for _, _, piece in packed_sequences(arrays, cu, config)]
     o, lse, idx, branch_o = (torch.cat(parts, 1) for parts in zip(*outs, strict=True))
     return NSAOutput(o=o, lse=lse, indices=idx, branch_o=branch_o)
+
+
+def _sequence_backward(a: dict[str, Tensor], out: NSAOutput, grad_o: Tensor,
+                       config: NSAConfig) -> dict[str, Tensor]:
+    """Gradients of one batch of equal-length sequences, in the inputs' dtypes."""
+    a = {name: _rows_contiguous(x) for name, x in a.items()}
+    q, gates, lse = a["q"], a["gates"], out.lse
+    scale = config.softmax_scale(q.shape[3])
+    grad_o = _rows_contiguous(grad_o.to(q.dtype))
+    grad_gates, delta = combine_backward(grad_o, gates, _rows_contiguous(out.branch_o))
+    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    dk_cmp, dv_cmp = compressed_attention_backward(
+        q, a["k_cmp"], a["v_cmp"], grad_o, gates[..., 0], lse[..., 0], delta[..., 0], dq, config, scale
+    )
+    dk_slc, dv_slc = selected_attention_backward(
+        q, a["k_slc"], a["v_slc"], out.indices, grad_o, gates[..., 1], lse[..., 1], delta[..., 1], dq,
+        config, scale,
+    )
+    dk_win, dv_win = window_attention_backward(
+        q, a["k_win"], a["v_win"], grad_o, gates[..., 2], lse[..., 2], delta[..., 2], dq, config, scale
+    )
+    grads = {"q": dq, "k_cmp": dk_cmp, "v_cmp": dv_cmp, "k_slc": dk_slc, "v_slc": dv_slc,
+             "k_win": dk_win, "v_win": dv_win, "gates": grad_gates}
+    return {name: grads[name].to(a[name].dtype) for name in ARRAYS}
+
+
+def nsa_attention_backward(inputs: NSAInputs, config: NSAConfig, out: NSAOutput,
+                           grad_o: Tensor) -> NSAGrads:
+    """Gradients of sum(o * grad_o) for every input array, from the forward's `out` (lse, indices
+    and branch_o, as `nsa_attention` returns them)."""
+    for name in ("lse", "indices", "branch_o"):
+        if getattr(out, name) is None:
+            raise InvalidInputError(
+                f"out.{name} must hold what the triton forward saved (lse, indices, branch_o): "
+                f"out.{name}=None"
+            )
+    inputs = prepare(inputs, config)
+    cu = inputs.cu_seqlens
+    arrays = inputs.arrays()
+    if cu is None:
+        return NSAGrads(**_sequence_backward(arrays, out, grad_o, config))
+    pieces = []
+    for lo, hi, piece in packed_sequences(arrays, cu, config):
+        saved = NSAOutput(out.o[:, lo:hi], out.lse[:, lo:hi], out.indices[:, lo:hi],
+                          out.branch_o[:, lo:hi])
+        pieces.append(_sequence_backward(piece, saved, grad_o[:, lo:hi], config))
+    return NSAGrads(**{name: torch.cat([g[name] for g in pieces], 1) for name in ARRAYS})
