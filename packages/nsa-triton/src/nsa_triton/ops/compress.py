@@ -33,6 +33,14 @@ from nsa_triton.ops.attention_grad import (
 from nsa_triton.ops.online import dot, finish, interpreted, online_step
 from nsa_triton.ops.tiles import dot_precision, group_tile, padded
 
+CMP_BWD_PROGRAMS = 1056
+"""Programs the compressed dK/dV pass aims for (8 per SM of an H100/H200): with few kv heads the
+key tiles alone are too few (256 at T = 64k, H = 4), so each key tile's queries are cut into
+chunks whose partial dK/dV are summed afterwards in chunk order."""
+CMP_BWD_CHUNK_TOKENS = 8192
+"""At most this many query tokens per dK/dV program, so the earliest key tiles (seen by every
+query) do not run long after the rest."""
+
 
 @triton.jit
 def _rows(pid_t, T, G, BT: tl.constexpr, GP: tl.constexpr):
@@ -215,14 +223,18 @@ def _cmp_dkdv_rows(pid_t, k, v, i, dk, dv, Q, DO, GATE, LSE, DELTA, sq_t, sq_h, 
 
 @triton.jit
 def _cmp_bwd_dkdv(Q, K, V, DO, GATE, LSE, DELTA, GK, GV, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n,
-                  sv_h, so_b, so_t, so_h, sg_b, sg_t, sg_h, sl_b, sl_t, sl_h, sd_b, sd_t, sd_h, sgk_b,
-                  sgk_n, sgk_h, sgv_b, sgv_n, sgv_h, T, N, H, G, DK, DV, scale, L_CMP: tl.constexpr,
+                  sv_h, so_b, so_t, so_h, sg_b, sg_t, sg_h, sl_b, sl_t, sl_h, sd_b, sd_t, sd_h, sgk_c,
+                  sgk_b, sgk_n, sgk_h, sgv_c, sgv_b, sgv_n, sgv_h, T, N, H, G, DK, DV, scale, CHUNK,
+                  L_CMP: tl.constexpr,
                   D_CMP: tl.constexpr, BT: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr,
                   DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
     tl.static_assert((BT * GP >= DOT_MIN) & (BN >= DOT_MIN), "tl.dot needs 16 rows and keys")
     pid_n = tl.program_id(0)
     b = (tl.program_id(1) // H).to(tl.int64)
     h = tl.program_id(1) % H
+    c = tl.program_id(2)  # this program's chunk of CHUNK row tiles; it writes partial sums
+    GK += c.to(tl.int64) * sgk_c
+    GV += c.to(tl.int64) * sgv_c
     i = pid_n * BN + tl.arange(0, BN)
     i64 = i.to(tl.int64)
     ck = tl.arange(0, DKP)
@@ -240,8 +252,8 @@ def _cmp_bwd_dkdv(Q, K, V, DO, GATE, LSE, DELTA, GK, GV, sq_b, sq_t, sq_h, sk_b,
     GATE += b * sg_b
     LSE += b * sl_b
     DELTA += b * sd_b
-    tile_lo = (pid_n * BN * D_CMP + L_CMP - 1) // BT
-    tile_hi = tl.cdiv(T, BT)
+    tile_lo = tl.maximum((pid_n * BN * D_CMP + L_CMP - 1) // BT, c * CHUNK)
+    tile_hi = tl.minimum(tl.cdiv(T, BT), c * CHUNK + CHUNK)
     if INTERP:
         pid_t = tile_lo
         while pid_t < tile_hi:
@@ -323,12 +335,17 @@ def compressed_attention_backward(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, grad_
     B, T, HQ, dk = q.shape
     N, H, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[3]
     G = HQ // H
-    dk_cmp = torch.empty((B, N, H, dk), dtype=torch.float32, device=q.device)
-    dv_cmp = torch.empty((B, N, H, dv), dtype=torch.float32, device=q.device)
     if N == 0:
-        return dk_cmp, dv_cmp
+        return (torch.zeros((B, N, H, dk), dtype=torch.float32, device=q.device),
+                torch.zeros((B, N, H, dv), dtype=torch.float32, device=q.device))
     tiles = tiles or backward_tiles(group_tile(G, 1)[1], dk, dv, q.element_size())
     bt, gp = group_tile(G, tiles.rows)
+    key_programs = triton.cdiv(N, tiles.keys) * B * H
+    chunks = max(triton.cdiv(CMP_BWD_PROGRAMS, key_programs), triton.cdiv(T, CMP_BWD_CHUNK_TOKENS))
+    chunk = triton.cdiv(triton.cdiv(T, bt), chunks)  # row tiles per program
+    chunks = triton.cdiv(triton.cdiv(T, bt), chunk)
+    dk_part = torch.empty((chunks, B, N, H, dk), dtype=torch.float32, device=q.device)
+    dv_part = torch.empty((chunks, B, N, H, dv), dtype=torch.float32, device=q.device)
     common = dict(
         T=T, N=N, H=H, G=G, DK=dk, DV=dv, scale=scale, L_CMP=config.cmp_len, D_CMP=config.cmp_stride,
         BT=bt, GP=gp, BN=tiles.keys, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
@@ -338,10 +355,11 @@ def compressed_attention_backward(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, grad_
                v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2), grad_o.stride(0), grad_o.stride(1),
                grad_o.stride(2), gate.stride(0), gate.stride(1), gate.stride(2), lse.stride(0),
                lse.stride(1), lse.stride(2), delta.stride(0), delta.stride(1), delta.stride(2))
-    _cmp_bwd_dkdv[(triton.cdiv(N, tiles.keys), B * H)](
-        q, k_cmp, v_cmp, grad_o, gate, lse, delta, dk_cmp, dv_cmp, *strides, dk_cmp.stride(0),
-        dk_cmp.stride(1), dk_cmp.stride(2), dv_cmp.stride(0), dv_cmp.stride(1), dv_cmp.stride(2), **common,
+    _cmp_bwd_dkdv[(triton.cdiv(N, tiles.keys), B * H, chunks)](
+        q, k_cmp, v_cmp, grad_o, gate, lse, delta, dk_part, dv_part, *strides, *dk_part.stride()[:4],
+        *dv_part.stride()[:4], CHUNK=chunk, **common,
     )
+    dk_cmp, dv_cmp = dk_part.sum(0), dv_part.sum(0)  # fixed order: deterministic
     _cmp_bwd_dq[(triton.cdiv(T, bt), B * H)](
         q, k_cmp, v_cmp, grad_o, gate, lse, delta, dq, *strides, dq.stride(0), dq.stride(1), dq.stride(2),
         **common,
