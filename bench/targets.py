@@ -1,5 +1,6 @@
 """What the runner times: NSA backends (through the `nsa.backends` registry), dense baselines
-(torch SDPA with one backend forced), and fla-core's `parallel_nsa` when it is installed.
+(torch SDPA with one backend forced), fla-core's `parallel_nsa` when it is installed, and
+flash-nsa's `flash_nsa_varlen_func` when its source is carried (`bench.flash_nsa_peer`).
 
 `target.prepare(case, device)` allocates random inputs (never zeros) on the device and returns a
 `Prepared` thunk; nothing it allocates is timed. `unsupported(case, device)` says, before any
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from bench.workloads import Case
 
 DENSE_BACKENDS = {"sdpa-cudnn": "CUDNN_ATTENTION", "sdpa-flash": "FLASH_ATTENTION", "sdpa-math": "MATH"}
 FLA_NAME = "fla-nsa"
+FLASH_NSA_NAME = "flash-nsa"
 SEED = 20250216
 
 
@@ -385,10 +387,116 @@ class FlaTarget(Target):
         return Prepared(lambda: call().backward(grad_o), grad_to_none=[q, k, v], note=self.NOTE)
 
 
+# ---- flash-nsa ---------------------------------------------------------------------------------
+
+
+def _power_of_2(x: int) -> bool:
+    return x > 0 and x & (x - 1) == 0
+
+
+def _flash_nsa_head_dim(dk: int) -> bool:
+    """flash-nsa splits a head dim that is not a power of 2 into two powers of 2, p/2 + rest
+    (p the next power of 2), e.g. 192 = 128 + 64."""
+    if _power_of_2(dk):
+        return True
+    return _power_of_2(dk - (1 << (dk - 1).bit_length()) // 2)
+
+
+class FlashNSATarget(Target):
+    """flash-nsa's `flash_nsa_varlen_func` (GitHub mdy666/Scalable-Flash-Native-Sparse-Attention,
+    Triton), the function its `NSACore` calls on one GPU: q [B*T, HQ, dk], one k [B*T, H, dk] and
+    v [B*T, H, dv] for every branch, gate logits [B*T, HQ, 3], packed with cu_seqlens. Inside the
+    call: mean-pooling compression of k and v, compressed attention, top-n selection, selected
+    attention, the window (stubbed: `bench.flash_nsa_peer`), the sigmoid-gated combine."""
+
+    kind = "external"
+    name = FLASH_NSA_NAME
+    modes = ("fwd", "fwdbwd")
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Any] = {}  # source root -> module, or why it failed to import
+
+    def _module(self) -> Any:
+        from bench import flash_nsa_peer
+
+        root = flash_nsa_peer.source_root()
+        key = str(root)
+        if key not in self._loaded:
+            try:
+                self._loaded[key] = flash_nsa_peer.load(root)
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                self._loaded[key] = f"flash-nsa failed to import from {root}: {type(exc).__name__}: {first}"
+        return self._loaded[key]
+
+    def unsupported(self, case: Case, device: str) -> str | None:
+        from bench import flash_nsa_peer
+
+        why = flash_nsa_peer.missing_reason(flash_nsa_peer.source_root())
+        if why:
+            return why
+        if device != "cuda":
+            return "flash-nsa needs a CUDA device"
+        module = self._module()
+        if isinstance(module, str):
+            return module
+        cfg = case.config
+        l, d, l_slc = cfg.cmp_len, cfg.cmp_stride, cfg.slc_len
+        if not _power_of_2(d) or l % d or l_slc % d or l_slc < l:
+            return f"flash-nsa needs d a power of 2 dividing l and l', and l' >= l: l={l} d={d} l'={l_slc}"
+        if case.dtype not in ("bfloat16", "float16"):
+            return f"flash-nsa needs bfloat16 or float16 (dtype={case.dtype})"
+        if not _power_of_2(case.dv) or not _flash_nsa_head_dim(case.dk):
+            return (f"flash-nsa needs dv a power of 2 and dk a power of 2 or p/2 + a power of 2: "
+                    f"dk={case.dk} dv={case.dv}")
+        return None
+
+    def model_blocks(self, case: Case) -> cost.Blocks:
+        return replace(case.blocks, w=0)
+
+    def note(self, case: Case) -> str:
+        c = case.config
+        return (
+            "flash-nsa flash_nsa_varlen_func: window branch stubbed: flash-attn not installed "
+            "(its output and gradients are zeros; w = 0 in the FLOP/byte model); one shared k/v "
+            f"for every branch; compression inside the timed call, phi = mean pooling "
+            f"(l={c.cmp_len}, d={c.cmp_stride}, no weights); gates are sigmoid of logits inside its "
+            "combine; top-n on its own fp16 block scores, forced blocks 1 initial + 2 local; "
+            "inputs packed [B*T, H, d] with cu_seqlens, its NSAHelper metadata set outside the "
+            "timed call"
+        )
+
+    def prepare(self, case: Case, device: str) -> Prepared:
+        from bench import flash_nsa_peer
+
+        module, r, cfg = self._module(), _Torch(device, case.dtype), case.config
+        B, T, HQ, H, dk, dv = case.batch, case.seqlen, case.heads_q, case.heads_kv, case.dk, case.dv
+        q, k, v = r.randn(B * T, HQ, dk), r.randn(B * T, H, dk), r.randn(B * T, H, dv)
+        logits = r.randn(B * T, HQ, 3)
+        cu_seqlens = r.torch.arange(0, (B + 1) * T, T, dtype=r.torch.int32, device=device)
+        flash_nsa_peer.configure(module, cfg.cmp_len, cfg.cmp_stride, cfg.slc_len, cfg.top_n, cfg.window,
+                                 cu_seqlens)
+        scale = cfg.softmax_scale(dk)
+
+        def call() -> Any:
+            return module.flash_nsa_varlen_func(q, k, v, logits, None, None, scale)
+
+        note = self.note(case)
+        if case.mode == "fwd":
+            return Prepared(call, note=note, inputs={"q": q, "k": k, "v": v, "logits": logits})
+        for x in (q, k, v, logits):
+            x.requires_grad_(True)
+        grad_o = r.randn(B * T, HQ, dv)
+        return Prepared(lambda: call().backward(grad_o), grad_to_none=[q, k, v, logits], note=note,
+                        inputs={"q": q, "k": k, "v": v, "logits": logits})
+
+
 def get(name: str) -> Target:
-    """The target called `name`: a dense baseline, fla, or a registered NSA backend."""
+    """The target called `name`: a dense baseline, fla, flash-nsa, or a registered NSA backend."""
     if name in DENSE_BACKENDS:
         return DenseTarget(name)
     if name == FLA_NAME:
         return FlaTarget()
+    if name == FLASH_NSA_NAME:
+        return FlashNSATarget()
     return NSATarget(name)
