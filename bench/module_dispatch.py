@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import subprocess
 from pathlib import Path
 
 import torch
 import triton
 from nsa_spec import NSAConfig
 from nsa_torch import NSAAttention, explain
+
+from bench.results import commit
 
 SHAPES = (  # (d_model, heads, kv heads, T)
     (2048, 16, 1, 16384),
@@ -41,9 +42,8 @@ def _ms(fn, slow: bool) -> float:
 
 def report() -> str:
     """The report text for every shape."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
     lines = [f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
-             f"commit {commit.strip() or 'unknown'}, {datetime.date.today()}"]
+             f"commit {commit()}, {datetime.date.today()}"]
     for d_model, heads, kv_heads, T in SHAPES:
         torch.manual_seed(0)
         layer = NSAAttention(d_model, heads, kv_heads, config=NSAConfig()).to("cuda", torch.bfloat16)

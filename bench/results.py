@@ -39,7 +39,10 @@ def slug(name: str) -> str:
 
 
 def commit() -> str:
-    """The checked-out commit (with +dirty if bench/ or packages/ changed), or $NSA_BENCH_COMMIT."""
+    """$NSA_BENCH_COMMIT when set (the device's copy of the tree may carry a stale .git), else the
+    checked-out commit (with +dirty if bench/, packages/ or conformance/ changed)."""
+    if os.environ.get("NSA_BENCH_COMMIT"):
+        return os.environ["NSA_BENCH_COMMIT"]
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
