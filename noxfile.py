@@ -196,7 +196,8 @@ def _ensure_chromium(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """The spec site: `mkdocs build --strict`, then its tests (snippets, API coverage, Chromium render)."""
     _ensure_chromium(session)
-    packages = [f"-e./{p}" for p in ("packages/nsa-torch", "conformance") if os.path.isdir(p)]
+    packages = [f"-e./{p}" for p in ("packages/nsa-torch", "packages/nsa-triton", "conformance")
+                if os.path.isdir(p)]
     session.install(*CONSTRAINTS, SPEC, *packages, *DOCS_DEPS)
     session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
     session.run("pytest", "docs/tests", *session.posargs)

@@ -103,3 +103,14 @@ def test_every_api_page_exists(site_dir: Path) -> None:
     for package in hook._packages():
         for module in package.modules:
             assert (site_dir / "api" / module.path / "index.html").is_file(), module.path
+
+
+def test_readme_backend_table_is_the_generated_one() -> None:
+    from nsa_spec.info import capability_matrix
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- backends:begin -->\n(.*?)<!-- backends:end -->", readme, re.S)
+    assert block is not None, "README.md lost its backends:begin/end markers"
+    assert block.group(1) == capability_matrix(), (
+        "README's backend table is stale: replace it with `python -m nsa_spec.info --markdown`"
+    )

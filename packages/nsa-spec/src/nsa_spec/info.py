@@ -1,5 +1,8 @@
 """`python -m nsa_spec.info`: every backend, whether it can run here (or why not), what it supports.
 
+`python -m nsa_spec.info --markdown` prints the same capabilities as the Markdown matrix that the
+README and the docs site show (`capability_matrix`).
+
 A backend that loads but declares only devices this machine lacks (e.g. CUDA without a GPU) is
 reported as installed but unable to run here. Devices are detected without importing torch
 unless torch is installed.
@@ -8,6 +11,7 @@ unless torch is installed.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Iterable
 
 from nsa_spec.backends.protocol import Backend
@@ -91,9 +95,57 @@ def render(devices: frozenset[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+MATRIX_ROWS = {  # Capabilities field -> row label
+    "array_api": "array type",
+    "devices": "devices",
+    "dtypes": "dtypes",
+    "ops": "ops",
+    "head_dims": "head dims (dk, dv)",
+    "group_sizes": "group sizes G",
+    "block_sizes": "block sizes (l, d, l')",
+    "varlen": "varlen (`cu_seqlens`)",
+    "deterministic": "deterministic",
+    "min_compute_capability": "GPU architectures (min compute capability)",
+    "saves": "forward saves",
+    "backward_needs": "backward needs",
+}
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return _fmt(value).replace("|", "\\|")
+
+
+def capability_matrix() -> str:
+    """Every installed backend's capabilities as Markdown: one column per backend, one row per
+    capability, then each backend's dispatch preferences and notes."""
+    found = backends()
+    if not found:
+        raise RuntimeError("no nsa backend is installed; the capability matrix would be empty")
+    names = list(found)
+    lines = [
+        "| | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "|---|" + "---|" * len(names),
+        "| default priority | " + " | ".join(str(found[n].priority) for n in names) + " |",
+    ]
+    for name, label in MATRIX_ROWS.items():
+        cells = [_cell(getattr(found[n].capabilities, name)) for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for n in names:
+        lines += [f"- `{n}`, preference: {rule.describe()}" for rule in found[n].capabilities.preferences]
+        lines += [f"- `{n}`, {topic}: {note}" for topic, note in found[n].capabilities.notes.items()]
+    failures = load_failures()
+    if failures:
+        lines.append("")
+        lines += [f"- `{n}` failed to load: {err}" for n, err in failures.items()]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
-    """Print the report."""
-    print(render())
+    """Print the report (or, with --markdown, the capability matrix)."""
+    print(capability_matrix() if "--markdown" in sys.argv[1:] else render())
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ class TritonBackend:
             ops=frozenset({"forward", "backward"}),
             head_dims=HEAD_DIMS,
             deterministic=True,
+            min_compute_capability=(8, 0),
             preferences=PREFERENCES,
             saves=frozenset({"lse", "indices", "branch_o"}),
             backward_needs=frozenset({"lse", "indices", "branch_o"}),
@@ -56,6 +57,8 @@ class TritonBackend:
                 "accumulation in float32, float32 inputs multiply in IEEE float32; the forward "
                 "saves the three branch outputs (float32 [B, T, HQ, 3, dv]) for the backward",
                 "cpu": "only under Triton's interpreter (TRITON_INTERPRET=1 at construction)",
+                "sm90": "measured on an H200 (bench/results/nvidia-h200); sm_80/sm_89 compile through "
+                "Triton but have not been run here",
             },
         )
 
