@@ -93,6 +93,7 @@ class OpsConfig:
     watchdog_s: float = 600.0  # dump every thread's stack when no step finished for this long; 0 = off
     progress: bool = True
     resume: bool = True  # continue from run_dir's latest checkpoint when there is one
+    stop_after: int = 0  # checkpoint and exit after this many steps of this process (job chunks); 0 = off
     threads: int = 0  # torch.set_num_threads on the CPU; 0 = leave torch's default
 
 

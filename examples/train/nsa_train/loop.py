@@ -236,6 +236,10 @@ class Trainer:
                     stopped_by = signal.Signals(stop.signal).name if stop else "peer"
                     self.save()
                     break
+                if cfg.ops.stop_after and self.step - start == cfg.ops.stop_after and not last:
+                    stopped_by = "ops.stop_after"
+                    self.save()
+                    break
                 if self.step % cfg.ops.checkpoint_every == 0 or last:
                     self.save()
         finally:
