@@ -154,7 +154,8 @@ def torch(session: nox.Session) -> None:
 @nox.session(tags=["ci"])
 def train(session: nox.Session) -> None:
     """examples/train on the CPU: tiny training, exact resume, SIGTERM, 2-process gloo DDP (torchrun)."""
-    session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch", "pyyaml>=6", "tqdm>=4.60", *TEST_DEPS)
+    session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch", "pyyaml>=6", "tqdm>=4.60",
+                    "matplotlib>=3.7", *TEST_DEPS)
     session.run("pytest", "examples/train/tests", *session.posargs, env={"OMP_NUM_THREADS": "1"})
 
 

@@ -226,3 +226,24 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
     assert checkpoint.latest(run_dir).name == "step-00000004"
     assert (checkpoint.latest(run_dir) / "rank-1.pt").exists()
+
+
+def test_evaluate_and_plot(tmp_path):
+    """evaluate.py on a tiny needle run's checkpoint, then plot.py over its heartbeat and result."""
+    import evaluate
+    import plot
+
+    run_dir = tmp_path / "needle"
+    train(tiny(run_dir, "data.source=needle", "data.needle_digits=3", "train.steps=3",
+               "ops.heartbeat_every=1"))
+    out = tmp_path / "needle.json"
+    evaluate.main([str(run_dir), "--needle-lengths", "64,96", "--depths", "0.2,0.8", "--samples", "2",
+                   "--val-batches", "1", "--device", "cpu", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["step"] == 3 and np.isfinite(result["val_loss"])
+    cells = [(r["length"], r["depth"]) for r in result["needle"]]
+    assert cells == [(64, 0.2), (64, 0.8), (96, 0.2), (96, 0.8)]
+    assert all(0 <= r["accuracy"] <= 1 for r in result["needle"])
+    plot.main(["--runs", str(run_dir), "--needle", str(out), "--out", str(tmp_path / "plots")])
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {
+        "loss.png", "gates.png", "gate-histograms.png", "needle.png"}
