@@ -211,21 +211,31 @@ def test_hf_stream_reads_in_order_and_resumes(monkeypatch):
     assert decode(batches[0][1][0].tolist()) == "ocument number 1"  # rank 1 of 2 reads documents 1, 3, ...
 
 
-def test_ddp_two_processes_gloo(tmp_path):
-    run_dir = tmp_path / "ddp"
+def torchrun(run_dir: Path, *overrides: str) -> list[dict]:
+    """A 2-process gloo DDP run of the tiny config through torchrun; both ranks' summaries."""
+    sets = [a for o in (f"ops.run_dir={run_dir}", "ops.progress=false", "ops.heartbeat_every=1", *overrides)
+            for a in ("--set", o)]
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(SCRIPT),
-         "--config", str(TINY), "--set", f"ops.run_dir={run_dir}", "--set", "ops.progress=false",
-         "--set", "train.steps=4", "--set", "ops.heartbeat_every=1"],
+         "--config", str(TINY), *sets],
         env=child_env(), capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    ranks = [json.loads((run_dir / f"summary-rank-{r}.json").read_text()) for r in range(2)]
-    assert ranks[0]["world"] == 2 and ranks[0]["end_step"] == 4
-    assert ranks[0]["losses"] == ranks[1]["losses"] and len(ranks[0]["losses"]) == 4
-    assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
-    assert checkpoint.latest(run_dir).name == "step-00000004"
-    assert (checkpoint.latest(run_dir) / "rank-1.pt").exists()
+    return [json.loads((run_dir / f"summary-rank-{r}.json").read_text()) for r in range(2)]
+
+
+def test_ddp_two_processes_gloo(tmp_path):
+    """Ranks agree on the loss and the weights; a DDP run resumed from its checkpoint is exact."""
+    whole = torchrun(tmp_path / "whole", "train.steps=4")
+    assert whole[0]["world"] == 2 and whole[0]["end_step"] == 4 and len(whole[0]["losses"]) == 4
+    assert whole[0]["losses"] == whole[1]["losses"]
+    assert whole[0]["param_checksum"] == whole[1]["param_checksum"]
+    assert (checkpoint.latest(tmp_path / "whole") / "rank-1.pt").exists()
+    first = torchrun(tmp_path / "split", "train.steps=4", "ops.stop_after=2")
+    second = torchrun(tmp_path / "split", "train.steps=4")
+    assert first[0]["stopped_by"] == "ops.stop_after" and second[0]["start_step"] == 2
+    assert first[0]["losses"] + second[0]["losses"] == whole[0]["losses"]
+    assert second[1]["param_checksum"] == whole[1]["param_checksum"]
 
 
 def test_evaluate_and_plot(tmp_path):
