@@ -33,6 +33,7 @@ from nsa_train.config import DataConfig
 from nsa_train.tokenizer import EOS, IGNORE, encode
 
 SPLITS = {"train": 0, "validation": 1}
+EOS_TOKEN = np.array([EOS], np.uint16)
 NEEDLE_QUESTION = " Q: what is the secret number? A: "
 
 
@@ -91,18 +92,18 @@ def documents(cfg: DataConfig) -> Iterator[tuple[str, str]]:
 
 
 def local_corpus(cfg: DataConfig) -> dict[str, np.ndarray]:
-    """Token streams per split: the documents' bytes, each followed by EOS, as uint16."""
+    """Token streams per split: the documents' bytes, each followed by EOS, as uint16 (2 bytes a token)."""
     parts: dict[str, list[np.ndarray]] = {"train": [], "validation": []}
     total = 0
     for key, text in documents(cfg):
-        tokens = encode(text)
-        parts["validation" if is_validation(key, cfg.val_percent) else "train"] += [tokens, np.array([EOS])]
+        tokens = encode(text).astype(np.uint16)
+        parts["validation" if is_validation(key, cfg.val_percent) else "train"] += [tokens, EOS_TOKEN]
         total += len(tokens)
         if total >= cfg.max_bytes:
             break
     corpus = {}
     for split, pieces in parts.items():
-        stream = np.concatenate(pieces).astype(np.uint16) if pieces else np.zeros(0, np.uint16)
+        stream = np.concatenate(pieces) if pieces else np.zeros(0, np.uint16)
         if len(stream) < cfg.seq_len + 1:
             raise DataUnavailableError(
                 f"the {split} split of data.source={cfg.source} has {len(stream)} tokens, fewer than "

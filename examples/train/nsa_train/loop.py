@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from nsa_spec.errors import InvalidInputError
@@ -103,7 +105,9 @@ class Trainer:
             torch.set_num_threads(cfg.ops.threads)
         self.run_dir = Path(cfg.ops.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.set_rng_state(self._seeded_rng_state(cfg.train.seed))
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)
         self.model = LM(cfg.model).to(self.device)
         self.gates = GateRecorder(self.model)
         self.optimizer = make_optimizer(self.model, cfg)
@@ -116,17 +120,6 @@ class Trainer:
                         == "cuda" else None) if self.ranks.distributed else self.model)
         use_autocast = self.device.type == "cuda" and cfg.train.dtype != "float32"
         self.autocast = torch.autocast("cuda", dtype=getattr(torch, cfg.train.dtype), enabled=use_autocast)
-
-    @staticmethod
-    def _seeded_rng_state(seed: int) -> dict[str, Any]:
-        import random
-
-        import numpy as np
-
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        return checkpoint.rng_state()
 
     def _restore(self, path: Path) -> None:
         shared, own = checkpoint.load(path, self.ranks.rank, self.device)
@@ -232,6 +225,8 @@ class Trainer:
                     val = self.evaluate()
                     if beats is not None:
                         beats.write({"kind": "eval", "step": self.step, "val_loss": val, "time": time.time()})
+                    if watchdog is not None:
+                        watchdog.beat()
                 if self._stop_requested(stop):
                     stopped_by = signal.Signals(stop.signal).name if stop else "peer"
                     self.save()
@@ -242,6 +237,8 @@ class Trainer:
                     break
                 if self.step % cfg.ops.checkpoint_every == 0 or last:
                     self.save()
+                    if watchdog is not None:
+                        watchdog.beat()
         finally:
             bar.close()
             stop.restore()
