@@ -146,9 +146,17 @@ def spec(session: nox.Session) -> None:
 
 @nox.session(tags=["ci"])
 def torch(session: nox.Session) -> None:
-    """nsa-torch's own tests: ops against the reference, module, cache, dispatch, a toy training run."""
-    session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch", "matplotlib", *TEST_DEPS)
+    """nsa-torch's own tests: ops, module, cache, dispatch, toy training, the transformers conversion."""
+    session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch[transformers]", "matplotlib", *TEST_DEPS)
     session.run("pytest", "packages/nsa-torch/tests", *session.posargs)
+
+
+@nox.session(tags=["ci"])
+def train(session: nox.Session) -> None:
+    """examples/train on the CPU: tiny training, exact resume, SIGTERM, 2-process gloo DDP (torchrun)."""
+    session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch", "pyyaml>=6", "tqdm>=4.60",
+                    "matplotlib>=3.7", *TEST_DEPS)
+    session.run("pytest", "examples/train/tests", *session.posargs, env={"OMP_NUM_THREADS": "1"})
 
 
 @nox.session(tags=["ci"])
@@ -196,7 +204,9 @@ def _ensure_chromium(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """The spec site: `mkdocs build --strict`, then its tests (snippets, API coverage, Chromium render)."""
     _ensure_chromium(session)
-    packages = [f"-e./{p}" for p in ("packages/nsa-torch", "packages/nsa-triton", "conformance")
+    # nsa-torch with transformers: the API coverage test imports nsa_torch.integrations.transformers.
+    packages = [f"-e./{p}{extra}" for p, extra in
+                (("packages/nsa-torch", "[transformers]"), ("packages/nsa-triton", ""), ("conformance", ""))
                 if os.path.isdir(p)]
     session.install(*CONSTRAINTS, SPEC, *packages, *DOCS_DEPS)
     session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})

@@ -194,3 +194,16 @@ def test_cuda_problem_without_cuda_is_refused():
     problem = dataclasses.replace(problem_for("forward", torch.zeros(1, 4, 4, 8), 2, 8, CFG), device="cuda")
     with pytest.raises(UnsupportedError, match=r"torch\.cuda\.is_available\(\) is False"):
         select_backend(problem, "torch")
+
+
+def test_rotary_tables_equal_the_layers_own_rope(one_thread):
+    """`rotary=(cos, sin)` (a host model's RoPE) at positions 0..T-1 equals the layer's own RoPE."""
+    module = layer(phi="mean")
+    x = torch.randn(2, 30, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    dk = module.head_dim
+    inv_freq = module.rope_base ** (-torch.arange(0, dk, 2, dtype=torch.float64) / dk)
+    angles = torch.arange(30, dtype=torch.float64)[:, None] * inv_freq
+    angles = torch.cat([angles, angles], -1)[None]
+    torch.testing.assert_close(module(x, rotary=(angles.cos(), angles.sin())), module(x), atol=1e-12, rtol=0)
+    with pytest.raises(InvalidInputError, match=r"rotary cos must have shape \[B or 1, T, head_dim\]"):
+        module(x, rotary=(angles.cos()[:, :5], angles.sin()[:, :5]))

@@ -37,7 +37,7 @@ from nsa_torch.functional import nsa_attention
 from nsa_torch.ops.combine import gate_activation
 from nsa_torch.ops.compress import cmp_blocks
 from nsa_torch.phi import make_phi
-from nsa_torch.rope import apply_rope
+from nsa_torch.rope import apply_rope, apply_rotary
 from nsa_torch.tensors import host_cu_seqlens
 
 
@@ -114,22 +114,30 @@ class NSAAttention(nn.Module):
         self.o_proj = nn.Linear(HQ * dv, d_model, bias=bias)
 
     def streams(
-        self, x: Tensor, positions: Tensor
+        self, x: Tensor, positions: Tensor, rotary: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], Tensor]:
-        """q [B, T, HQ, dk], raw (k, v) per branch [B, T, H, .] with RoPE on keys, gates [B, T, HQ, 3]."""
+        """q [B, T, HQ, dk], raw (k, v) per branch [B, T, H, .] with RoPE on keys, gates [B, T, HQ, 3].
+
+        RoPE is the layer's own at `positions`, or the precomputed (cos, sin) `rotary`.
+        """
         B, T, _ = x.shape
         H = self.num_kv_heads
-        q = apply_rope(self.q_proj(x).view(B, T, self.num_heads, self.head_dim), positions, self.rope_base)
+
+        def rope(t: Tensor) -> Tensor:
+            return apply_rope(t, positions, self.rope_base) if rotary is None else apply_rotary(t, *rotary)
+
+        q = rope(self.q_proj(x).view(B, T, self.num_heads, self.head_dim))
         kv = {}
         for branch in BRANCHES:
             stream = "shared" if self.shared_kv else branch
-            k = apply_rope(self.k_proj[stream](x).view(B, T, H, self.head_dim), positions, self.rope_base)
+            k = rope(self.k_proj[stream](x).view(B, T, H, self.head_dim))
             kv[branch] = (k, self.v_proj[stream](x).view(B, T, H, self.v_head_dim))
         gates = gate_activation(self.gate(x).view(B, T, self.num_heads, 3), self.config.gate)
         return q, kv, gates
 
     def forward(
-        self, x: Tensor, cache: NSACache | None = None, return_aux: bool = False, cu_seqlens: Any = None
+        self, x: Tensor, cache: NSACache | None = None, return_aux: bool = False, cu_seqlens: Any = None,
+        rotary: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor | tuple[Tensor, NSAOutput]:
         """x [B, T, d_model] -> [B, T, d_model].
 
@@ -140,7 +148,9 @@ class NSAAttention(nn.Module):
         x packs sequences of different lengths along T; each has its own positions from 0 and
         its own compressed tokens, and no token sees another sequence (no cache). With
         `return_aux`, also returns the attention's `NSAOutput` (o before the output
-        projection, per-branch lse, selected block indices).
+        projection, per-branch lse, selected block indices). With `rotary` (cos, sin)
+        [B or 1, T, head_dim], q and keys are rotated by those tables (a host model's RoPE, at
+        the positions it chose) instead of the layer's own RoPE.
         """
         if x.dim() != 3 or x.shape[1] < 1 or x.shape[2] != self.d_model:
             raise InvalidInputError(
@@ -166,7 +176,7 @@ class NSAAttention(nn.Module):
             positions = torch.arange(start, start + T, device=x.device)
         else:
             positions = torch.from_numpy(_packed_positions(cu, B, T)).to(x.device)
-        q, kv, gates = self.streams(x, positions)
+        q, kv, gates = self.streams(x, positions, rotary)
         (k_raw, v_raw), (k_slc, v_slc), (k_win, v_win) = (kv[b] for b in BRANCHES)
         if start:
             aux = self._decode(cache, q, k_raw, v_raw, k_slc, v_slc, k_win, v_win, gates)

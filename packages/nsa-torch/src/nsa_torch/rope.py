@@ -26,3 +26,16 @@ def apply_rope(x: Tensor, positions: Tensor, base: float) -> Tensor:
     angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # [T, D/2]
     angles = torch.cat([angles, angles], dim=-1)[None, :, None, :]
     return x * angles.cos().to(x.dtype) + rotate_half(x) * angles.sin().to(x.dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x [B, T, H, D] by precomputed cos, sin [B or 1, T, D] (the same half-split layout),
+    e.g. a host model's scaled RoPE: x*cos + rotate_half(x)*sin."""
+    B, T, _, D = x.shape
+    for name, table in (("cos", cos), ("sin", sin)):
+        if table.dim() != 3 or table.shape[0] not in (1, B) or tuple(table.shape[1:]) != (T, D):
+            raise InvalidInputError(
+                f"rotary {name} must have shape [B or 1, T, head_dim] = [{B} or 1, {T}, {D}]: "
+                f"{name}.shape={tuple(table.shape)}"
+            )
+    return x * cos[:, :, None].to(x.dtype) + rotate_half(x) * sin[:, :, None].to(x.dtype)

@@ -1,0 +1,1 @@
+"""Adapters from other libraries' models to NSA (`nsa_torch.integrations.transformers`)."""
