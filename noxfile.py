@@ -44,6 +44,10 @@ BACKEND_PACKAGES = {
 # cases are in it and run once the backend claims those ops (the suite skips unclaimed ones). The
 # rest, float16, the bitwise-determinism check (programs run one after another here, so it could not
 # see a race) and the Hypothesis shapes, is GPU-only: conformance/README.md.
+# test_gqa_consistency runs at HQ8 (G=4), not HQ16: at G=16 the interpreter's reordered heads
+# differ by 4.8e-7 in float32 against the 3.5e-7 the invariant allows (it compares the backend with
+# itself, so only the one-ulp floor applies, and the interpreter's NumPy matmul rounds rows by
+# their position); the G=16 cases passed compiled on the H200 (bench/results/nvidia-h200/logs-2026-12-02).
 TRITON_CPU_FLOAT32 = (
     "test_forward[B1-T1-", "test_forward[B1-T7-", "test_forward[B1-T77-", "test_forward[B1-T299-",
     "test_branch[B1-T1-", "test_branch[B1-T7-", "test_branch[B1-T77-", "test_tie_rule[B1-T299-",

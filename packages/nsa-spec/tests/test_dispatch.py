@@ -112,3 +112,9 @@ def test_preference_describes_itself():
     rule = Preference(20, ops=frozenset({"forward"}), devices=frozenset({"cuda"}), min_tokens=8192,
                       reason="H200, 2026-12")
     assert rule.describe() == "priority 20 for op=forward, device=cuda, tokens>=8192 (H200, 2026-12)"
+
+
+def test_capabilities_refuse_unknown_saved_outputs():
+    with pytest.raises(ValueError, match=r"saves names \['branch_out'\], not outputs a forward saves"):
+        Capabilities(array_api="numpy", devices=frozenset({"cpu"}), dtypes=frozenset({"float64"}),
+                     saves=frozenset({"lse", "branch_out"}))

@@ -114,6 +114,12 @@ class Capabilities:
     saves: frozenset[str] = frozenset({"lse", "indices"})
     backward_needs: frozenset[str] = frozenset({"indices"})
 
+    def __post_init__(self) -> None:
+        for name in ("saves", "backward_needs"):
+            unknown = sorted(set(getattr(self, name)) - set(SAVED_OUTPUTS))
+            if unknown:
+                raise ValueError(f"{name} names {unknown}, not outputs a forward saves: {SAVED_OUTPUTS}")
+
     def priority_for(self, problem: Problem, default: int) -> int:
         """The first matching preference's priority, else `default` (the backend's `priority`)."""
         return next((p.priority for p in self.preferences if p.matches(problem)), default)
