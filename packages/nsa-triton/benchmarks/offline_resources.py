@@ -1,0 +1,122 @@
+"""Registers, spills and shared memory of backend "triton"'s kernels for a GPU this machine lacks.
+
+Runs one forward and one backward through the launchers on CPU tensors with every kernel launch
+intercepted: each launch's arguments become a signature (pointer dtypes, 16-divisible pointers
+and integers marked as the JIT marks them, ints equal to 1 specialised), the kernel is compiled
+for the target (default sm_90) with Triton's bundled ptxas, and ptxas's own report is printed
+(outputs of intercepted launches are left unwritten: only the resources are meaningful).
+
+    python packages/nsa-triton/benchmarks/offline_resources.py [T] [--arch 90] [--group G]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+
+import torch
+import triton
+from nsa_spec import NSAConfig, NSAInputs
+from nsa_spec.blocks import n_cmp
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.jit import JITFunction
+
+CFG = NSAConfig(cmp_len=32, cmp_stride=16, slc_len=64, top_n=16, window=512)
+_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
+           torch.int64: "i64", torch.bool: "i1", torch.int8: "i8"}
+_LAUNCH = {"num_warps", "num_stages", "num_ctas", "maxnreg"}
+
+
+def _signature(fn: JITFunction, args: tuple, kwargs: dict):
+    bound = dict(zip(fn.arg_names, args, strict=False)) | {k: v for k, v in kwargs.items() if k not in _LAUNCH}
+    signature, constexprs, attrs = {}, {}, {}
+    for i, p in enumerate(fn.params):
+        value = bound[p.name] if p.name in bound else p.default
+        if p.is_constexpr:
+            signature[p.name], constexprs[p.name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[p.name] = "*" + _DTYPES[value.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, bool):
+            signature[p.name] = "i1"
+        elif isinstance(value, int):
+            if value == 1:
+                signature[p.name], constexprs[p.name] = "constexpr", 1
+                continue
+            signature[p.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, float):
+            signature[p.name] = "fp32"
+        else:
+            raise TypeError(f"{fn.__name__}: argument {p.name}={value!r} has no signature type")
+    return signature, constexprs, attrs
+
+
+def _ptxas_report(ptx: str, arch: int) -> str:
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    suffix = "a" if arch >= 90 else ""
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    out = subprocess.run([ptxas, f"-arch=sm_{arch}{suffix}", "-v", f.name, "-o", os.devnull],
+                         capture_output=True, text=True).stderr
+    os.unlink(f.name)
+    regs = re.search(r"Used (\d+) registers", out)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out)
+    stack = re.search(r"(\d+) bytes stack frame", out)
+    return (f"regs {regs.group(1) if regs else '?'}, spill stores/loads "
+            f"{spill.group(1) + '/' + spill.group(2) if spill else '?'} B, "
+            f"stack {stack.group(1) if stack else '?'} B")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("T", type=int, nargs="?", default=2048)
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--group", type=int, default=16)
+    parser.add_argument("--dim", type=int, default=128)
+    a = parser.parse_args()
+    seen: dict[str, str] = {}
+    run = JITFunction.run
+
+    def intercept(self, *args, grid, warmup, **kwargs):
+        signature, constexprs, attrs = _signature(self, args, kwargs)
+        key = f"{self.__name__} {sorted((k, v) for k, v in constexprs.items() if k != 'INTERP')}"
+        if key not in seen:
+            options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+            compiled = triton.compile(ASTSource(fn=self, signature=signature, constexprs=constexprs,
+                                                attrs=attrs),
+                                      target=GPUTarget("cuda", a.arch, 32), options=options)
+            md = compiled.metadata
+            seen[key] = (f"{self.__name__}: {_ptxas_report(compiled.asm['ptx'], a.arch)}, shared {md.shared} B, "
+                         f"warps {md.num_warps}, stages {md.num_stages}")
+            print(seen[key], flush=True)
+
+    JITFunction.run = intercept
+    try:
+        from nsa_triton.backend import TritonBackend
+
+        T, HQ, D = a.T, 64, a.dim
+        H = HQ // a.group
+
+        def r(*shape):
+            return torch.randn(*shape, dtype=torch.bfloat16)
+
+        N = n_cmp(T, CFG)
+        x = NSAInputs(r(1, T, HQ, D), r(1, N, H, D), r(1, N, H, D), r(1, T, H, D), r(1, T, H, D),
+                      r(1, T, H, D), r(1, T, H, D), torch.sigmoid(r(1, T, HQ, 3)))
+        be = TritonBackend()
+        out = be.forward(x, CFG)
+        out = type(out)(o=out.o, lse=out.lse, indices=torch.randint(0, 1, out.indices.shape, dtype=torch.int32),
+                        branch_o=out.branch_o)
+        be.backward(x, CFG, out, torch.randn_like(x.q))
+    finally:
+        JITFunction.run = run
+
+
+if __name__ == "__main__":
+    main()
