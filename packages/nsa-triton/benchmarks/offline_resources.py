@@ -12,6 +12,7 @@ for the target (default sm_90) with Triton's bundled ptxas, and ptxas's own repo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -32,10 +33,11 @@ _LAUNCH = {"num_warps", "num_stages", "num_ctas", "maxnreg"}
 
 
 def _signature(fn: JITFunction, args: tuple, kwargs: dict):
-    bound = dict(zip(fn.arg_names, args, strict=False)) | {k: v for k, v in kwargs.items() if k not in _LAUNCH}
+    bound = dict(zip(fn.arg_names, args, strict=False))
+    bound |= {k: v for k, v in kwargs.items() if k not in _LAUNCH}
     signature, constexprs, attrs = {}, {}, {}
     for i, p in enumerate(fn.params):
-        value = bound[p.name] if p.name in bound else p.default
+        value = bound.get(p.name, p.default)
         if p.is_constexpr:
             signature[p.name], constexprs[p.name] = "constexpr", value
         elif isinstance(value, torch.Tensor):
@@ -73,6 +75,33 @@ def _ptxas_report(ptx: str, arch: int) -> str:
             f"stack {stack.group(1) if stack else '?'} B")
 
 
+@contextlib.contextmanager
+def offline_compile(arch: int = 90):
+    """Within it, every triton kernel launch is compiled for sm_`arch` and its resources printed
+    once per variant (kernel, constexprs) instead of running."""
+    seen: set[str] = set()
+    run = JITFunction.run
+
+    def intercept(self, *args, grid, warmup, **kwargs):
+        signature, constexprs, attrs = _signature(self, args, kwargs)
+        key = f"{self.__name__} {sorted((k, v) for k, v in constexprs.items() if k != 'INTERP')}"
+        if key in seen:
+            return
+        seen.add(key)
+        options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+        compiled = triton.compile(ASTSource(fn=self, signature=signature, constexprs=constexprs, attrs=attrs),
+                                  target=GPUTarget("cuda", arch, 32), options=options)
+        md = compiled.metadata
+        print(f"{self.__name__}: {_ptxas_report(compiled.asm['ptx'], arch)}, shared {md.shared} B, "
+              f"warps {md.num_warps}, stages {md.num_stages}", flush=True)
+
+    JITFunction.run = intercept
+    try:
+        yield
+    finally:
+        JITFunction.run = run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("T", type=int, nargs="?", default=2048)
@@ -80,42 +109,23 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=16)
     parser.add_argument("--dim", type=int, default=128)
     a = parser.parse_args()
-    seen: dict[str, str] = {}
-    run = JITFunction.run
+    from nsa_triton.backend import TritonBackend
 
-    def intercept(self, *args, grid, warmup, **kwargs):
-        signature, constexprs, attrs = _signature(self, args, kwargs)
-        key = f"{self.__name__} {sorted((k, v) for k, v in constexprs.items() if k != 'INTERP')}"
-        if key not in seen:
-            options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
-            compiled = triton.compile(ASTSource(fn=self, signature=signature, constexprs=constexprs,
-                                                attrs=attrs),
-                                      target=GPUTarget("cuda", a.arch, 32), options=options)
-            md = compiled.metadata
-            seen[key] = (f"{self.__name__}: {_ptxas_report(compiled.asm['ptx'], a.arch)}, shared {md.shared} B, "
-                         f"warps {md.num_warps}, stages {md.num_stages}")
-            print(seen[key], flush=True)
+    T, HQ, D = a.T, 64, a.dim
+    H = HQ // a.group
 
-    JITFunction.run = intercept
-    try:
-        from nsa_triton.backend import TritonBackend
+    def r(*shape):
+        return torch.randn(*shape, dtype=torch.bfloat16)
 
-        T, HQ, D = a.T, 64, a.dim
-        H = HQ // a.group
-
-        def r(*shape):
-            return torch.randn(*shape, dtype=torch.bfloat16)
-
-        N = n_cmp(T, CFG)
-        x = NSAInputs(r(1, T, HQ, D), r(1, N, H, D), r(1, N, H, D), r(1, T, H, D), r(1, T, H, D),
-                      r(1, T, H, D), r(1, T, H, D), torch.sigmoid(r(1, T, HQ, 3)))
-        be = TritonBackend()
+    N = n_cmp(T, CFG)
+    x = NSAInputs(r(1, T, HQ, D), r(1, N, H, D), r(1, N, H, D), r(1, T, H, D), r(1, T, H, D),
+                  r(1, T, H, D), r(1, T, H, D), torch.sigmoid(r(1, T, HQ, 3)))
+    be = TritonBackend()
+    with offline_compile(a.arch):
         out = be.forward(x, CFG)
-        out = type(out)(o=out.o, lse=out.lse, indices=torch.randint(0, 1, out.indices.shape, dtype=torch.int32),
+        out = type(out)(o=out.o, lse=out.lse, indices=torch.zeros(out.indices.shape, dtype=torch.int32),
                         branch_o=out.branch_o)
         be.backward(x, CFG, out, torch.randn_like(x.q))
-    finally:
-        JITFunction.run = run
 
 
 if __name__ == "__main__":

@@ -325,12 +325,14 @@ def _cmp_bwd_dq(Q, K, V, DO, GATE, LSE, DELTA, GQ, sq_b, sq_t, sq_h, sk_b, sk_n,
 
 def compressed_attention_backward(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, grad_o: Tensor, gate: Tensor,
                                   lse: Tensor, delta: Tensor, dq: Tensor, config: NSAConfig, scale: float,
-                                  tiles: BackwardTiles | None = None) -> tuple[Tensor, Tensor]:
+                                  tiles: BackwardTiles | None = None,
+                                  dq_tiles: BackwardTiles | None = None) -> tuple[Tensor, Tensor]:
     """Gradients of the compressed branch: adds its part to dq (float32 [B, T, HQ, dk]) and
     returns dk_cmp, dv_cmp (float32 [B, N, H, dk|dv]).
 
     grad_o [B, T, HQ, dv] is the gradient of the gated output; gate [B, T, HQ] this branch's
     gate, lse its forward log-sum-exp, delta its rowsum(dO * O) (views, float32 for lse/delta).
+    `tiles` are the dK/dV kernel's, `dq_tiles` the dQ kernel's (default: `tiles`).
     """
     B, T, HQ, dk = q.shape
     N, H, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[3]
@@ -339,6 +341,14 @@ def compressed_attention_backward(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, grad_
         return (torch.zeros((B, N, H, dk), dtype=torch.float32, device=q.device),
                 torch.zeros((B, N, H, dv), dtype=torch.float32, device=q.device))
     tiles = tiles or backward_tiles(group_tile(G, 1)[1], dk, dv, q.element_size())
+    dq_tiles = dq_tiles or tiles
+    common = dict(T=T, N=N, H=H, G=G, DK=dk, DV=dv, scale=scale, L_CMP=config.cmp_len,
+                  D_CMP=config.cmp_stride, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
+                  INTERP=interpreted())
+    strides = (q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
+               v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2), grad_o.stride(0), grad_o.stride(1),
+               grad_o.stride(2), gate.stride(0), gate.stride(1), gate.stride(2), lse.stride(0),
+               lse.stride(1), lse.stride(2), delta.stride(0), delta.stride(1), delta.stride(2))
     bt, gp = group_tile(G, tiles.rows)
     key_programs = triton.cdiv(N, tiles.keys) * B * H
     chunks = max(triton.cdiv(CMP_BWD_PROGRAMS, key_programs), triton.cdiv(T, CMP_BWD_CHUNK_TOKENS))
@@ -346,22 +356,16 @@ def compressed_attention_backward(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, grad_
     chunks = triton.cdiv(triton.cdiv(T, bt), chunk)
     dk_part = torch.empty((chunks, B, N, H, dk), dtype=torch.float32, device=q.device)
     dv_part = torch.empty((chunks, B, N, H, dv), dtype=torch.float32, device=q.device)
-    common = dict(
-        T=T, N=N, H=H, G=G, DK=dk, DV=dv, scale=scale, L_CMP=config.cmp_len, D_CMP=config.cmp_stride,
-        BT=bt, GP=gp, BN=tiles.keys, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
-        INTERP=interpreted(), num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-    )
-    strides = (q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2),
-               v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2), grad_o.stride(0), grad_o.stride(1),
-               grad_o.stride(2), gate.stride(0), gate.stride(1), gate.stride(2), lse.stride(0),
-               lse.stride(1), lse.stride(2), delta.stride(0), delta.stride(1), delta.stride(2))
     _cmp_bwd_dkdv[(triton.cdiv(N, tiles.keys), B * H, chunks)](
         q, k_cmp, v_cmp, grad_o, gate, lse, delta, dk_part, dv_part, *strides, *dk_part.stride()[:4],
-        *dv_part.stride()[:4], CHUNK=chunk, **common,
+        *dv_part.stride()[:4], CHUNK=chunk, BT=bt, GP=gp, BN=tiles.keys, num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages, **common,
     )
     dk_cmp, dv_cmp = dk_part.sum(0), dv_part.sum(0)  # fixed order: deterministic
+    bt, gp = group_tile(G, dq_tiles.rows)
     _cmp_bwd_dq[(triton.cdiv(T, bt), B * H)](
         q, k_cmp, v_cmp, grad_o, gate, lse, delta, dq, *strides, dq.stride(0), dq.stride(1), dq.stride(2),
+        BT=bt, GP=gp, BN=dq_tiles.keys, num_warps=dq_tiles.num_warps, num_stages=dq_tiles.num_stages,
         **common,
     )
     return dk_cmp, dv_cmp

@@ -30,6 +30,7 @@ from nsa_spec.config import NSAConfig
 from nsa_spec.errors import UnsupportedError
 from torch import Tensor
 
+from nsa_triton.ops.attention_grad import grad_step
 from nsa_triton.ops.online import dot, finish, interpreted, online_step
 from nsa_triton.ops.tiles import dot_precision, group_tile, padded
 
@@ -220,16 +221,12 @@ def _dkdv_tile(i0, end, k, v, pos, key_ok, dk, dv, Q, DO, GATE, LSE, DELTA, TOK,
                 mask=row_ok[:, None] & (ck[None, :] < DK), other=0.0)  # [BT * GP, DKP]
     gate = tl.load(GATE + b * sg_b + t * sg_t + hq * sg_h, mask=row_ok, other=0.0).to(tl.float32)
     do = tl.load(DO + b * sd_b + t[:, None] * sd_t + hq[:, None] * sd_h + cv[None, :],
-                 mask=row_ok[:, None] & (cv[None, :] < DV), other=0.0).to(tl.float32)  # [BT * GP, DVP]
-    do = (do * gate[:, None]).to(Q.dtype.element_ty)
+                 mask=row_ok[:, None] & (cv[None, :] < DV), other=0.0)  # [BT * GP, DVP]
     lse = tl.load(LSE + b * sl_b + t * sl_t + hq * sl_h, mask=row_ok, other=0.0)  # [BT * GP]
     delta = tl.load(DELTA + b * se_b + t * se_t + hq * se_h, mask=row_ok, other=0.0)  # [BT * GP]
-    s = dot(q, tl.trans(k), PREC, INTERP) * scale  # [BT * GP, BK]
     valid = row_ok[:, None] & key_ok[None, :] & (pos[None, :] <= t[:, None])
-    p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)  # [BT * GP, BK]
-    dv += dot(tl.trans(p.to(do.dtype)), do, PREC, INTERP)
-    dp = dot(do, tl.trans(v), PREC, INTERP)  # [BT * GP, BK]
-    ds = p * (dp - delta[:, None])
+    pg, ds = grad_step(q, k, v, do, gate, lse, delta, valid, scale, PREC, INTERP)  # [BT * GP, BK] x2
+    dv += dot(tl.trans(pg.to(do.dtype)), do, PREC, INTERP)
     dk += dot(tl.trans(ds.to(q.dtype)), q, PREC, INTERP)
     return dk, dv
 

@@ -236,12 +236,14 @@ def _win_bwd_dq(Q, K, V, DO, GATE, LSE, DELTA, GQ, sq_b, sq_t, sq_h, sk_b, sk_t,
 
 def window_attention_backward(q: Tensor, k_win: Tensor, v_win: Tensor, grad_o: Tensor, gate: Tensor,
                               lse: Tensor, delta: Tensor, dq: Tensor, config: NSAConfig, scale: float,
-                              tiles: BackwardTiles | None = None) -> tuple[Tensor, Tensor]:
+                              tiles: BackwardTiles | None = None,
+                              dq_tiles: BackwardTiles | None = None) -> tuple[Tensor, Tensor]:
     """Gradients of the window branch: adds its part to dq (float32 [B, T, HQ, dk]) and returns
     dk_win, dv_win (float32 [B, T, H, dk|dv]).
 
     grad_o [B, T, HQ, dv] is the gradient of the gated output; gate [B, T, HQ] this branch's
     gate, lse its forward log-sum-exp, delta its rowsum(dO * O) (views, float32 for lse/delta).
+    `tiles` are the dK/dV kernel's, `dq_tiles` the dQ kernel's (default: `tiles`).
     """
     B, T, HQ, dk = q.shape
     H, dv = k_win.shape[2], v_win.shape[3]
@@ -249,23 +251,23 @@ def window_attention_backward(q: Tensor, k_win: Tensor, v_win: Tensor, grad_o: T
     dk_win = torch.empty((B, T, H, dk), dtype=torch.float32, device=q.device)
     dv_win = torch.empty((B, T, H, dv), dtype=torch.float32, device=q.device)
     tiles = tiles or backward_tiles(group_tile(G, 1)[1], dk, dv, q.element_size())
-    bt, gp = group_tile(G, tiles.rows)
-    common = dict(
-        T=T, H=H, G=G, DK=dk, DV=dv, scale=scale, W=config.window, BT=bt, GP=gp, BN=tiles.keys,
-        DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype), INTERP=interpreted(),
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-    )
+    dq_tiles = dq_tiles or tiles
+    common = dict(T=T, H=H, G=G, DK=dk, DV=dv, scale=scale, W=config.window, DKP=padded(dk), DVP=padded(dv),
+                  PREC=dot_precision(q.dtype), INTERP=interpreted())
     strides = (q.stride(0), q.stride(1), q.stride(2), k_win.stride(0), k_win.stride(1), k_win.stride(2),
                v_win.stride(0), v_win.stride(1), v_win.stride(2), grad_o.stride(0), grad_o.stride(1),
                grad_o.stride(2), gate.stride(0), gate.stride(1), gate.stride(2), lse.stride(0),
                lse.stride(1), lse.stride(2), delta.stride(0), delta.stride(1), delta.stride(2))
+    bt, gp = group_tile(G, tiles.rows)
     _win_bwd_dkdv[(triton.cdiv(T, tiles.keys), B * H)](
         q, k_win, v_win, grad_o, gate, lse, delta, dk_win, dv_win, *strides, dk_win.stride(0),
         dk_win.stride(1), dk_win.stride(2), dv_win.stride(0), dv_win.stride(1), dv_win.stride(2),
-        **common,
+        BT=bt, GP=gp, BN=tiles.keys, num_warps=tiles.num_warps, num_stages=tiles.num_stages, **common,
     )
+    bt, gp = group_tile(G, dq_tiles.rows)
     _win_bwd_dq[(triton.cdiv(T, bt), B * H)](
         q, k_win, v_win, grad_o, gate, lse, delta, dq, *strides, dq.stride(0), dq.stride(1), dq.stride(2),
+        BT=bt, GP=gp, BN=dq_tiles.keys, num_warps=dq_tiles.num_warps, num_stages=dq_tiles.num_stages,
         **common,
     )
     return dk_win, dv_win
