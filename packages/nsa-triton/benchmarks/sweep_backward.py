@@ -82,7 +82,7 @@ def _profile(fn) -> dict[str, float]:
         torch.cuda.synchronize()
     times: dict[str, float] = defaultdict(float)
     for e in prof.key_averages():
-        total = getattr(e, "device_time_total", None) or e.cuda_time_total
+        total = e.device_time_total
         if total:
             times[e.key] += total / REPS / 1000.0
     return times
