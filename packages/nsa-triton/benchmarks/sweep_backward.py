@@ -33,15 +33,12 @@ DENSE = [BackwardTiles(r, k, w, s) for r, k, w, s in (
 )]
 SELECT = [  # overrides of nsa_triton.ops.select's backward constants
     {},
-    {"BWD_WARPS": 8},
+    {"BWD_DKDV_WARPS": 4},
+    {"BWD_ROWS": 64},
+    {"BWD_ROWS": 64, "BWD_DKDV_WARPS": 4},
     {"BWD_KEYS": 32},
-    {"BWD_KEYS": 32, "BWD_WARPS": 8},
-    {"BWD_ROWS": 32},
-    {"BWD_ROWS": 32, "BWD_WARPS": 8},
-    {"BWD_ROWS": 128, "BWD_WARPS": 8},
     {"BWD_STAGES": 3},
-    {"BWD_STAGES": 3, "BWD_WARPS": 8},
-    {"BWD_KEYS": 32, "BWD_ROWS": 32},
+    {"BWD_WARPS": 8},
 ]
 
 

@@ -6,11 +6,12 @@ dO = g * grad_o with g the branch's gate, folded in without forming it: dV += (g
 dP = g * (grad_o V^T), dS = P * (dP - delta) with delta = rowsum(dO * O) from the combine
 backward, dQ = scale * dS K and dK = scale * dS^T Q.
 
-Tiles: both kernels of a branch use one (query rows, keys) pair. The dK/dV kernel keeps a key
-tile and its two float32 gradients resident and streams query row tiles; the dQ kernel keeps a
-row tile resident and streams key tiles. `backward_tiles` halves the larger side until the
-operand tiles (resident + `NUM_STAGES` streamed copies, plus the two [rows, keys] dot operands)
-fit `SMEM_BUDGET`, then drops to one stage.
+Tiles: the dK/dV kernel keeps a key tile and its two float32 gradients resident and streams
+query row tiles; the dQ kernel keeps a row tile resident and streams key tiles. Their starting
+tiles (`DKDV_TILES`, `DQ_TILES`) are the fastest of `benchmarks/sweep_backward.py` on an H200
+(bf16, dk = dv = 128, T = 32k); `backward_tiles` halves the larger side of each until its operand
+tiles (resident + `num_stages` streamed copies, plus the two [rows, keys] dot operands) fit
+`SMEM_BUDGET`, then drops stages.
 """
 
 from __future__ import annotations
@@ -23,19 +24,15 @@ import triton.language as tl
 from nsa_triton.ops.online import dot
 from nsa_triton.ops.tiles import padded
 
-ROWS = 64  # query rows ((token, head) pairs) per tile, before shrinking
-KEYS = 64  # keys per tile, before shrinking
 MIN_TILE = 16  # the smallest tl.dot dimension
 DOT_MIN = tl.constexpr(MIN_TILE)  # the same, for kernels' static asserts
-NUM_STAGES = 2  # software-pipeline depth of the streamed loads
 SMEM_BUDGET = 160 * 1024  # bytes of shared memory the tiles may plan for (H200: 228 KiB per SM)
-WIDE_ACC = 64 * 128  # float32 accumulator elements per program above which 8 warps run, not 4
-NUM_WARPS, NUM_WARPS_WIDE = 4, 8
+WIDE_ACC = 64 * 256  # float32 accumulator elements per program above which 8 warps run, not 4
 
 
 @dataclass(frozen=True)
 class BackwardTiles:
-    """Tile sizes and launch settings of one branch's dK/dV and dQ kernels."""
+    """Tile sizes and launch settings of one branch's dK/dV or dQ kernel."""
 
     rows: int
     keys: int
@@ -43,19 +40,24 @@ class BackwardTiles:
     num_stages: int
 
 
-def _footprint(rows: int, keys: int, width: int, itemsize: int, stages: int) -> int:
-    """Shared-memory bytes of the worse of the two kernels (`width` = padded dk + padded dv): dK/dV
-    keeps keys resident and streams rows, dQ the reverse."""
-    operands = max(keys + stages * rows, rows + stages * keys)
-    return itemsize * (width * operands + 2 * rows * keys)
+# H200, bf16, dk = dv = 128, T = 32k (sweep_backward.py): compressed dK/dV 20.8 -> 8.2 ms and dQ
+# 11.3 -> 5.2 ms, window dK/dV 8.8 -> 3.6 ms and dQ 6.2 -> 2.9 ms against 64 x 64, 8 warps, 2 stages.
+DKDV_TILES = BackwardTiles(rows=16, keys=64, num_warps=4, num_stages=3)
+DQ_TILES = BackwardTiles(rows=128, keys=32, num_warps=4, num_stages=3)
 
 
-def backward_tiles(group_padded: int, dk: int, dv: int, itemsize: int) -> BackwardTiles:
-    """Tiles for head dims dk/dv and inputs of `itemsize` bytes; a row tile holds at least the
-    padded group of one token (`group_padded` rows)."""
+def _fit(start: BackwardTiles, keys_resident: bool, group_padded: int, dk: int, dv: int,
+         itemsize: int) -> BackwardTiles:
+    """`start` shrunk until its shared-memory plan fits SMEM_BUDGET; a row tile holds at least
+    `group_padded` rows (one token's padded group)."""
     width = padded(dk) + padded(dv)
-    rows, keys, stages = max(ROWS, group_padded), KEYS, NUM_STAGES
-    while _footprint(rows, keys, width, itemsize, stages) > SMEM_BUDGET:
+    rows, keys, stages = max(start.rows, group_padded), start.keys, start.num_stages
+
+    def footprint() -> int:
+        resident, streamed = (keys, rows) if keys_resident else (rows, keys)
+        return itemsize * (width * (resident + stages * streamed) + 2 * rows * keys)
+
+    while footprint() > SMEM_BUDGET:
         if keys >= rows and keys > MIN_TILE:
             keys //= 2
         elif rows > max(MIN_TILE, group_padded):
@@ -64,9 +66,16 @@ def backward_tiles(group_padded: int, dk: int, dv: int, itemsize: int) -> Backwa
             stages -= 1
         else:
             break
-    acc = max(rows, keys) * width
-    return BackwardTiles(rows=rows, keys=keys, num_warps=NUM_WARPS_WIDE if acc > WIDE_ACC else NUM_WARPS,
+    acc = keys * width if keys_resident else rows * padded(dk)
+    return BackwardTiles(rows=rows, keys=keys, num_warps=max(start.num_warps, 8 if acc > WIDE_ACC else 4),
                          num_stages=stages)
+
+
+def backward_tiles(group_padded: int, dk: int, dv: int, itemsize: int) -> tuple[BackwardTiles, BackwardTiles]:
+    """(dK/dV tiles, dQ tiles) for head dims dk/dv and inputs of `itemsize` bytes; a row tile
+    holds at least the padded group of one token (`group_padded` rows)."""
+    return (_fit(DKDV_TILES, True, group_padded, dk, dv, itemsize),
+            _fit(DQ_TILES, False, group_padded, dk, dv, itemsize))
 
 
 @triton.jit

@@ -332,7 +332,8 @@ def compressed_attention_backward(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, grad_
 
     grad_o [B, T, HQ, dv] is the gradient of the gated output; gate [B, T, HQ] this branch's
     gate, lse its forward log-sum-exp, delta its rowsum(dO * O) (views, float32 for lse/delta).
-    `tiles` are the dK/dV kernel's, `dq_tiles` the dQ kernel's (default: `tiles`).
+    `tiles` are the dK/dV kernel's, `dq_tiles` the dQ kernel's (default: `tiles` when given, else the
+    tuned `backward_tiles`).
     """
     B, T, HQ, dk = q.shape
     N, H, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[3]
@@ -340,8 +341,8 @@ def compressed_attention_backward(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, grad_
     if N == 0:
         return (torch.zeros((B, N, H, dk), dtype=torch.float32, device=q.device),
                 torch.zeros((B, N, H, dv), dtype=torch.float32, device=q.device))
-    tiles = tiles or backward_tiles(group_tile(G, 1)[1], dk, dv, q.element_size())
-    dq_tiles = dq_tiles or tiles
+    dkdv_tuned, dq_tuned = backward_tiles(group_tile(G, 1)[1], dk, dv, q.element_size())
+    tiles, dq_tiles = tiles or dkdv_tuned, dq_tiles or tiles or dq_tuned
     common = dict(T=T, N=N, H=H, G=G, DK=dk, DV=dv, scale=scale, L_CMP=config.cmp_len,
                   D_CMP=config.cmp_stride, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
                   INTERP=interpreted())

@@ -243,15 +243,16 @@ def window_attention_backward(q: Tensor, k_win: Tensor, v_win: Tensor, grad_o: T
 
     grad_o [B, T, HQ, dv] is the gradient of the gated output; gate [B, T, HQ] this branch's
     gate, lse its forward log-sum-exp, delta its rowsum(dO * O) (views, float32 for lse/delta).
-    `tiles` are the dK/dV kernel's, `dq_tiles` the dQ kernel's (default: `tiles`).
+    `tiles` are the dK/dV kernel's, `dq_tiles` the dQ kernel's (default: `tiles` when given, else the
+    tuned `backward_tiles`).
     """
     B, T, HQ, dk = q.shape
     H, dv = k_win.shape[2], v_win.shape[3]
     G = HQ // H
     dk_win = torch.empty((B, T, H, dk), dtype=torch.float32, device=q.device)
     dv_win = torch.empty((B, T, H, dv), dtype=torch.float32, device=q.device)
-    tiles = tiles or backward_tiles(group_tile(G, 1)[1], dk, dv, q.element_size())
-    dq_tiles = dq_tiles or tiles
+    dkdv_tuned, dq_tuned = backward_tiles(group_tile(G, 1)[1], dk, dv, q.element_size())
+    tiles, dq_tiles = tiles or dkdv_tuned, dq_tiles or tiles or dq_tuned
     common = dict(T=T, H=H, G=G, DK=dk, DV=dv, scale=scale, W=config.window, DKP=padded(dk), DVP=padded(dv),
                   PREC=dot_precision(q.dtype), INTERP=interpreted())
     strides = (q.stride(0), q.stride(1), q.stride(2), k_win.stride(0), k_win.stride(1), k_win.stride(2),
