@@ -18,7 +18,10 @@ nox.options.error_on_missing_interpreters = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
 SPEC = "-e./packages/nsa-spec[grad]"
-TEST_DEPS = ("pytest>=8", "hypothesis>=6.100")
+TEST_DEPS = ("pytest>=8", "hypothesis>=6.100", "pytest-xdist>=3.5")
+# The CPU test sessions spread their tests over every core (pytest-xdist; CI has 2): the Triton
+# interpreter and the float64 oracle are single-threaded.
+CPU_WORKERS = ("-n", "auto")
 
 # Every distributable package, in dependency order: its source folder, its import name and the
 # backend that `python -m nsa_spec.info` must then list as loaded.
@@ -120,8 +123,9 @@ def _conformance_session(backend: str) -> None:
         on_gpu = "cuda" in session.posargs or "--nsa-device=cuda" in session.posargs
         subset, env = (TRITON_CPU_SUBSET, {"TRITON_INTERPRET": "1"}) if backend == "triton" and not on_gpu \
             else ((), {})
+        workers = () if on_gpu else CPU_WORKERS
         session.run("pytest", "--pyargs", "nsa_conformance.suite", "--nsa-backend", backend,
-                    *known_gaps, *subset, *session.posargs, env=env)
+                    *known_gaps, *subset, *workers, *session.posargs, env=env)
         if backend == "numpy":
             session.run("pytest", "conformance/tests")
 
@@ -145,14 +149,14 @@ for _backend in BACKEND_PACKAGES:
 def spec(session: nox.Session) -> None:
     """nsa-spec's own tests: block math, reference, counters, gradients, contract."""
     session.install(*CONSTRAINTS, SPEC, *TEST_DEPS)
-    session.run("pytest", "packages/nsa-spec/tests", *session.posargs)
+    session.run("pytest", "packages/nsa-spec/tests", *CPU_WORKERS, *session.posargs)
 
 
 @nox.session(tags=["ci"])
 def torch(session: nox.Session) -> None:
     """nsa-torch's own tests: ops, module, cache, dispatch, toy training, the transformers conversion."""
     session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch[transformers]", "matplotlib", *TEST_DEPS)
-    session.run("pytest", "packages/nsa-torch/tests", *session.posargs)
+    session.run("pytest", "packages/nsa-torch/tests", *CPU_WORKERS, *session.posargs)
 
 
 @nox.session(tags=["ci"])
@@ -167,7 +171,8 @@ def train(session: nox.Session) -> None:
 def triton(session: nox.Session) -> None:
     """nsa-triton's kernel tests against the float64 oracle, under Triton's interpreter on the CPU."""
     session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch", "-e./packages/nsa-triton", *TEST_DEPS)
-    session.run("pytest", "packages/nsa-triton/tests", *session.posargs, env={"TRITON_INTERPRET": "1"})
+    session.run("pytest", "packages/nsa-triton/tests", *CPU_WORKERS, *session.posargs,
+                env={"TRITON_INTERPRET": "1"})
 
 
 @nox.session
