@@ -34,8 +34,9 @@ CFG = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=16, top_n=3, window=12)
 def step(cache, x, t, case):
     """One decode step for token t of the inputs `x`."""
     one = {n: a[:, t : t + 1] for n, a in x.items()}
-    return decode_step(cache, one["q"], *(one[n] for n in TOKEN), one["gates"], case.config, case.phi,
-                       case.phi_params())
+    return decode_step(
+        cache, one["q"], *(one[n] for n in TOKEN), one["gates"], case.config, case.phi, case.phi_params()
+    )
 
 
 def assert_same_cache(got, want, config):
@@ -44,8 +45,12 @@ def assert_same_cache(got, want, config):
     for name in CACHE_ARRAYS:
         for b in range(len(want.lengths)):
             rows_got, rows_want = positions_of(got, name, b, config), positions_of(want, name, b, config)
-            np.testing.assert_allclose(getattr(got, name)[b, rows_got], getattr(want, name)[b, rows_want],
-                                       **TOL, err_msg=f"{name}[{b}]")
+            np.testing.assert_allclose(
+                getattr(got, name)[b, rows_got],
+                getattr(want, name)[b, rows_want],
+                **TOL,
+                err_msg=f"{name}[{b}]",
+            )
 
 
 @given(case=cases(max_T=80, phis=("mean", "mlp")), data=st.data())
@@ -64,8 +69,13 @@ def test_prefill_equals_step_by_step_decode(case, data):
     # decode continues from a prefill of any prefix exactly as from single steps
     P = data.draw(st.integers(1, case.T), label="prefill length")
     prefix = {n: a[:, :P] for n, a in x.items()}
-    _, cache = prefill(*(prefix[n] for n in STREAMS), case.config, case.phi, case.phi_params(),
-                       capacity=data.draw(st.integers(P, case.T + 3), label="capacity"))
+    _, cache = prefill(
+        *(prefix[n] for n in STREAMS),
+        case.config,
+        case.phi,
+        case.phi_params(),
+        capacity=data.draw(st.integers(P, case.T + 3), label="capacity"),
+    )
     for t in range(P, case.T):
         result, cache = step(cache, x, t, case)
         np.testing.assert_array_equal(result.out.indices[:, 0], full.indices[:, t], err_msg=f"t={t}")
@@ -111,13 +121,17 @@ def test_varied_lengths_decode_together(lengths):
     steps = 6
     xs = [streams(S + steps, seed=i) for i, S in enumerate(lengths)]
     fulls = [nsa_forward(*(x[n] for n in STREAMS), CFG) for x in xs]
-    caches = [prefill(*(x[n][:, :S] for n in STREAMS), CFG, capacity=S + i)[1]
-              for i, (x, S) in enumerate(zip(xs, lengths, strict=True))]
+    caches = [
+        prefill(*(x[n][:, :S] for n in STREAMS), CFG, capacity=S + i)[1]
+        for i, (x, S) in enumerate(zip(xs, lengths, strict=True))
+    ]
     cache = join(caches, CFG)
     assert cache.capacity == max(S + i for i, S in enumerate(lengths))
     for s in range(steps):
-        token = {n: np.concatenate([x[n][:, S + s : S + s + 1] for x, S in zip(xs, lengths, strict=True)])
-                 for n in STREAMS}
+        token = {
+            n: np.concatenate([x[n][:, S + s : S + s + 1] for x, S in zip(xs, lengths, strict=True)])
+            for n in STREAMS
+        }
         result, cache = decode_step(cache, token["q"], *(token[n] for n in TOKEN), token["gates"], CFG)
         np.testing.assert_array_equal(cache.lengths, np.array(lengths) + s + 1)
         for b, (full, S) in enumerate(zip(fulls, lengths, strict=True)):
@@ -149,8 +163,9 @@ def test_unused_rows_are_never_read():
     gates = np.concatenate([a["gates"][:, -1:] for a in x])
     clean = decode_attention(cache, q, gates, CFG)
     used = used_rows(cache, CFG)
-    poisoned = cache.replace(**{n: np.where(used[n][..., None, None], getattr(cache, n), np.nan)
-                                for n in CACHE_ARRAYS})
+    poisoned = cache.replace(
+        **{n: np.where(used[n][..., None, None], getattr(cache, n), np.nan) for n in CACHE_ARRAYS}
+    )
     assert all(np.isnan(getattr(poisoned, n)).any() for n in CACHE_ARRAYS)
     dirty = decode_attention(poisoned, q, gates, CFG)
     np.testing.assert_array_equal(dirty.out.o, clean.out.o)

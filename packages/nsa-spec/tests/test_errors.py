@@ -180,14 +180,16 @@ CASES = [
     ("cache-capacity-zero", lambda: empty_cache(1, 2, 3, 5, 0, CFG), ["capacity=0", ">= 1"]),
     (
         "cache-win-ring",
-        lambda: decode_attention(cache_of().replace(k_win=zeros(1, 4, 2, 3)), RAW["q"][:, :1],
-                                 RAW["gates"][:, :1], CFG),
+        lambda: decode_attention(
+            cache_of().replace(k_win=zeros(1, 4, 2, 3)), RAW["q"][:, :1], RAW["gates"][:, :1], CFG
+        ),
         ["k_win", "(1, 4, 2, 3)", "ring of w = window rows"],
     ),
     (
         "cache-length-past-capacity",
-        lambda: decode_attention(cache_of().replace(lengths=np.array([7])), RAW["q"][:, :1],
-                                 RAW["gates"][:, :1], CFG),
+        lambda: decode_attention(
+            cache_of().replace(lengths=np.array([7])), RAW["q"][:, :1], RAW["gates"][:, :1], CFG
+        ),
         ["cache.lengths=[7]", "capacity=6"],
     ),
     (
