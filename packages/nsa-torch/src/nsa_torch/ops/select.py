@@ -38,7 +38,8 @@ def _overlap_rows(n_tokens: int, n_blocks: int, config: NSAConfig) -> tuple[np.n
 def _device_overlap_rows(n_tokens: int, n_blocks: int, config: NSAConfig, device: torch.device,
                          dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     tokens, weights = _overlap_rows(n_tokens, n_blocks, config)
-    return torch.as_tensor(tokens, device=device), torch.as_tensor(weights, dtype=dtype, device=device)
+    with torch.inference_mode(False):  # ordinary tensors: usable under autograd after an inference call
+        return torch.as_tensor(tokens, device=device), torch.as_tensor(weights, dtype=dtype, device=device)
 
 
 def overlap_rows(n_tokens: int, n_blocks: int, config: NSAConfig, like: Tensor) -> tuple[Tensor, Tensor]:
