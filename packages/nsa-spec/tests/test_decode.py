@@ -187,3 +187,24 @@ def test_resize_keeps_every_token():
     q, g = x["q"][:, -1:], x["gates"][:, -1:]
     got, want = decode_attention(bigger, q, g, CFG), decode_attention(cache, q, g, CFG)
     np.testing.assert_array_equal(got.out.o, want.out.o)
+
+
+@given(case=cases(max_T=60, phis=("mean", "mlp")), data=st.data())
+def test_joined_sequences_equal_each_alone(case, data):
+    """Any lengths 1..T joined in one batch: one decode step per sequence equals its full forward."""
+    x = case.inputs()
+    lengths = data.draw(st.lists(st.integers(1, case.T), min_size=1, max_size=3), label="lengths")
+    seqs = [{n: a[:1, :S] for n, a in x.items()} for S in lengths]
+    params = case.phi_params()
+    caches = [
+        prefill(*(s[n] for n in STREAMS), case.config, case.phi, params, capacity=case.T)[1] for s in seqs
+    ]
+    cache = join(caches, case.config)
+    q = np.concatenate([s["q"][:, -1:] for s in seqs])
+    gates = np.concatenate([s["gates"][:, -1:] for s in seqs])
+    step = decode_attention(cache, q, gates, case.config)
+    for b, s in enumerate(seqs):
+        full = nsa_forward(*(s[n] for n in STREAMS), case.config, case.phi, params)
+        np.testing.assert_array_equal(step.out.indices[b, 0], full.indices[0, -1])
+        np.testing.assert_allclose(step.out.o[b, 0], full.o[0, -1], **TOL, err_msg=f"b={b}")
+        np.testing.assert_array_equal(step.reads[b], tokens_read_exact(lengths[b], case.config))
