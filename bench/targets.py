@@ -83,6 +83,9 @@ class _Torch:
     def gates(self, *shape: int) -> Any:
         return self.torch.sigmoid(self.randn(*shape))
 
+    def lengths(self, batch: int, length: int) -> Any:
+        return self.torch.full((batch,), length, dtype=self.torch.long, device=self.device)
+
 
 class _Numpy:
     """Random NumPy arrays (CPU)."""
@@ -96,6 +99,9 @@ class _Numpy:
 
     def gates(self, *shape: int) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.randn(*shape)))
+
+    def lengths(self, batch: int, length: int) -> np.ndarray:
+        return np.full(batch, length, dtype=np.int64)
 
 
 def _random_indices(case: Case, n: int, chunk: int = 4096) -> np.ndarray:
@@ -180,16 +186,14 @@ class NSATarget(Target):
         B, T, HQ, H, dk, dv = case.batch, case.seqlen, case.heads_q, case.heads_kv, case.dk, case.dv
         if case.mode == "decode":
             n = int(cost.n_cmp(T, case.blocks))
-            k_slc, v_slc = r.randn(B, T, H, dk), r.randn(B, T, H, dv)
-            w = min(cfg.window, T)
-            cache = DecodeCache(
-                k_raw=k_slc, v_raw=v_slc, k_cmp=r.randn(B, n, H, dk), v_cmp=r.randn(B, n, H, dv),
-                k_slc=k_slc, v_slc=v_slc, k_win=r.randn(B, w, H, dk), v_win=r.randn(B, w, H, dv),
-                length=T,
+            l, w = cfg.cmp_len, cfg.window
+            cache = DecodeCache(  # layout v2, filled to capacity T; rings of l raw and w win rows
+                k_raw=r.randn(B, l, H, dk), v_raw=r.randn(B, l, H, dv), k_cmp=r.randn(B, n, H, dk),
+                v_cmp=r.randn(B, n, H, dv), k_slc=r.randn(B, T, H, dk), v_slc=r.randn(B, T, H, dv),
+                k_win=r.randn(B, w, H, dk), v_win=r.randn(B, w, H, dv), lengths=r.lengths(B, T),
             )
             q, gates = r.randn(B, 1, HQ, dk), r.gates(B, 1, HQ, 3)
-            return Prepared(lambda: b.decode(cache, q, gates, cfg),
-                            note="cache k_raw/v_raw alias k_slc/v_slc (decode attention reads neither)")
+            return Prepared(lambda: b.decode(cache, q, gates, cfg))
         if case.mode == "selection":
             return SELECTION_STAGES[self.name](case, r, device)
         n = int(cost.n_cmp(T, case.blocks))

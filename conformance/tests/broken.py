@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from nsa_conformance.lowprec import spans
 from nsa_spec.backends.numpy_backend import NumpyBackend
-from nsa_spec.blocks import cmp_visible_mask, n_slc_blocks
+from nsa_spec.blocks import cmp_visible_mask, n_cmp, n_slc_blocks
 from nsa_spec.config import NSAConfig
 from nsa_spec.contract import DecodeCache, DecodeResult, NSAInputs, NSAOutput
 from nsa_spec.counters import tokens_read_table4
@@ -125,15 +125,16 @@ class HigherIndexWinsTies(Broken):
 
 
 class LateEmission(Broken):
-    """Decode sees a compressed token one step after it is emitted."""
+    """Decode sees a compressed token one step after it is emitted (its row still empty)."""
 
     name, bug = "broken-late-emission", "compressed token emitted one step late in decode"
 
     def decode(self, cache: DecodeCache, q: Any, gates: Any, config: NSAConfig) -> DecodeResult:
-        if emits(cache.length, config):
-            cache = DecodeCache(cache.k_raw, cache.v_raw, cache.k_cmp[:, :-1], cache.v_cmp[:, :-1],
-                                cache.k_slc, cache.v_slc, cache.k_win, cache.v_win, cache.length)
-        return decode_attention(cache, q, gates, config)
+        k_cmp, v_cmp = np.array(cache.k_cmp), np.array(cache.v_cmp)
+        for b, S in enumerate(np.asarray(cache.lengths)):
+            if emits(int(S), config):
+                k_cmp[b, n_cmp(int(S), config) - 1] = v_cmp[b, n_cmp(int(S), config) - 1] = 0.0
+        return decode_attention(cache.replace(k_cmp=k_cmp, v_cmp=v_cmp), q, gates, config)
 
 
 class FormulaReads(Broken):
@@ -143,8 +144,34 @@ class FormulaReads(Broken):
 
     def decode(self, cache: DecodeCache, q: Any, gates: Any, config: NSAConfig) -> DecodeResult:
         result = decode_attention(cache, q, gates, config)
-        reads = np.full_like(result.reads, tokens_read_table4(cache.length, config))
+        table4 = [tokens_read_table4(int(S), config) for S in np.asarray(cache.lengths)]
+        reads = np.broadcast_to(np.array(table4)[:, None], result.reads.shape)
         return DecodeResult(out=result.out, reads=reads)
+
+
+class OneLength(Broken):
+    """Decode attends every sequence over the longest sequence's length (padding read as tokens)."""
+
+    name, bug = "broken-one-length", "per-sequence lengths ignored in decode"
+
+    def decode(self, cache: DecodeCache, q: Any, gates: Any, config: NSAConfig) -> DecodeResult:
+        longest = np.full_like(np.asarray(cache.lengths), np.max(cache.lengths))
+        return decode_attention(cache.replace(lengths=longest), q, gates, config)
+
+
+class UnusedRowsLeak(Broken):
+    """Decode masks the window's unwritten ring rows with weight 0 but still multiplies them in."""
+
+    name, bug = "broken-unused-rows-leak", "0 * NaN from unused window rows reaches the output"
+
+    def decode(self, cache: DecodeCache, q: Any, gates: Any, config: NSAConfig) -> DecodeResult:
+        result = decode_attention(cache, q, gates, config)
+        v_win = np.asarray(cache.v_win)
+        leak = np.einsum("s,bshd->bhd", np.zeros(v_win.shape[1]), v_win)  # [B, H, dv], NaN if any v is
+        G = np.shape(q)[2] // v_win.shape[2]
+        o = np.asarray(result.out.o) + np.repeat(leak, G, axis=1)[:, None]
+        out = NSAOutput(o=o, lse=result.out.lse, indices=result.out.indices)
+        return DecodeResult(out=out, reads=result.reads)
 
 
 class PackedDenseLeak(Broken):
@@ -163,4 +190,4 @@ class PackedDenseLeak(Broken):
 
 
 BROKEN = [WindowTopLeft, ScoresSeeTheFuture, DropsForcedBlock, HigherIndexWinsTies, LateEmission,
-          FormulaReads, PackedDenseLeak]
+          FormulaReads, OneLength, UnusedRowsLeak, PackedDenseLeak]

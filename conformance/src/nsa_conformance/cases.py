@@ -131,6 +131,12 @@ DECODE = [
     Case(1, 40, 8, 1, 8, 16, **B_),
 ]
 
+# Batches of sequences of different lengths (the suite's varied_lengths: T, 1, l - 1, ...).
+VARIED_DECODE = [
+    Case(3, 70, 4, 2, 16, 8, **A),
+    Case(4, 40, 8, 1, 8, 16, **B_),
+]
+
 VARLEN = [
     Case(1, 103, 4, 2, 16, 8, **A, segments=(37, 1, 5, 60)),
     Case(1, 90, 8, 1, 8, 16, **B_, segments=(50, 40)),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from nsa_spec.backends.protocol import Backend
 from nsa_spec.config import NSAConfig
-from nsa_spec.contract import BRANCHES, DecodeCache, NSAInputs, NSAOutput
+from nsa_spec.contract import BRANCHES, CACHE_ARRAYS, DecodeCache, NSAInputs, NSAOutput
 from nsa_spec.reference.nsa import nsa_attention
 from nsa_spec.reference.select import is_valid_top_n
 
@@ -76,11 +76,11 @@ class Runner:
                          indices=np.asarray(self.backend.to_numpy(raw.indices)).astype(np.int64))
 
     def put_cache(self, cache: DecodeCache) -> tuple[DecodeCache, DecodeCache]:
-        """(the cache in backend arrays, the float64 values it holds)."""
-        names = ("k_raw", "v_raw", "k_cmp", "v_cmp", "k_slc", "v_slc", "k_win", "v_win")
-        theirs = {n: self.put(getattr(cache, n)) for n in names}
+        """(the cache in backend arrays, lengths as int64 on the device; the float64 values it holds)."""
+        theirs = {n: self.put(getattr(cache, n)) for n in CACHE_ARRAYS}
         seen = {n: self.get(x) for n, x in theirs.items()}
-        return DecodeCache(**theirs, length=cache.length), DecodeCache(**seen, length=cache.length)
+        return (cache.replace(**theirs, lengths=self.put(cache.lengths, "int64")),
+                cache.replace(**seen))
 
 
 def assert_close(what: str, got: np.ndarray, oracle: np.ndarray, naive: np.ndarray, dtype: str,
@@ -200,3 +200,19 @@ def assert_forward(runner: Runner, inputs: NSAInputs, config: NSAConfig, out: NS
         for i, name in enumerate(BRANCHES):
             assert_close(f"lse[{name}]", out.lse[..., i], oracle.lse[..., i], naive.lse[..., i],
                          runner.dtype, tolerances.K_FORWARD)
+
+
+def assert_last_row(runner: Runner, inputs: NSAInputs, config: NSAConfig, row: NSAOutput) -> None:
+    """A decode step's output `row` (o, lse, indices [1, 1, ...]) for the last token of one
+    sequence, judged like `assert_forward` judges that row of a prefill: `inputs` [1, S, ...]
+    are the float64 values the backend saw, the earlier rows keep the oracle's own selection."""
+    oracle = nsa_attention(inputs, config).indices
+    indices = np.concatenate([oracle[:, :-1], row.indices], axis=1)
+    assert_selection(inputs, config, indices, runner.dtype)
+    exact = nsa_attention(inputs, config, indices)
+    naive = lowprec.naive_forward(inputs, config, indices, runner.dtype)
+    last = slice(-1, None)
+    assert_close("o", row.o, exact.o[:, last], naive.o[:, last], runner.dtype, tolerances.K_FORWARD)
+    for i, name in enumerate(BRANCHES):
+        assert_close(f"lse[{name}]", row.lse[..., i], exact.lse[:, last, ..., i], naive.lse[:, last, ..., i],
+                     runner.dtype, tolerances.K_FORWARD)

@@ -7,7 +7,7 @@ import pytest
 from nsa_spec import DecodeCache, NSAConfig
 from nsa_spec.blocks import n_cmp
 from nsa_spec.counters import dense_tokens_read, selected_tokens, tokens_read_exact, tokens_read_table4
-from nsa_spec.reference import compress, decode_attention
+from nsa_spec.reference import decode_attention, from_streams
 
 # NSA.md's Table 4: cache length, dense reads, the paper's NSA reads.
 TABLE4 = [(8192, 8192, 2048), (16384, 16384, 2560), (32768, 32768, 3584), (65536, 65536, 5632)]
@@ -18,11 +18,7 @@ def random_cache(config: NSAConfig, length: int, B: int, H: int, dk: int, dv: in
     rng = np.random.default_rng(seed)
     k_raw, k_slc, k_win = (rng.standard_normal((B, length, H, dk)) for _ in range(3))
     v_raw, v_slc, v_win = (rng.standard_normal((B, length, H, dv)) for _ in range(3))
-    w = slice(-config.window, None)
-    return DecodeCache(
-        k_raw, v_raw, compress(k_raw, config), compress(v_raw, config), k_slc, v_slc,
-        k_win[:, w], v_win[:, w], length=length,
-    )
+    return from_streams(k_raw, v_raw, k_slc, v_slc, k_win, v_win, config)
 
 
 def measured_reads(

@@ -13,9 +13,12 @@ from nsa_spec.reference import (
     empty_cache,
     gate_activation,
     init_mlp_params,
+    join,
     nsa_forward,
     prefill,
     register_phi,
+    resize,
+    select,
 )
 from spec_cases import STREAMS, Case
 
@@ -171,9 +174,38 @@ CASES = [
     ("gate-kind", lambda: gate_activation(zeros(2, 3), "tanh"), ["gate='tanh'", "sigmoid"]),
     (
         "decode-empty-cache",
-        lambda: decode_attention(empty_cache(1, 2, 3, 5), RAW["q"][:, :1], RAW["gates"][:, :1], CFG),
-        ["cache", "cache.length=0", "at least one"],
+        lambda: decode_attention(empty_cache(1, 2, 3, 5, 8, CFG), RAW["q"][:, :1], RAW["gates"][:, :1], CFG),
+        ["cache", "cache.lengths=[0]", "at least one"],
     ),
+    ("cache-capacity-zero", lambda: empty_cache(1, 2, 3, 5, 0, CFG), ["capacity=0", ">= 1"]),
+    (
+        "cache-win-ring",
+        lambda: decode_attention(
+            cache_of().replace(k_win=zeros(1, 4, 2, 3)), RAW["q"][:, :1], RAW["gates"][:, :1], CFG
+        ),
+        ["k_win", "(1, 4, 2, 3)", "ring of w = window rows"],
+    ),
+    (
+        "cache-length-past-capacity",
+        lambda: decode_attention(
+            cache_of().replace(lengths=np.array([7])), RAW["q"][:, :1], RAW["gates"][:, :1], CFG
+        ),
+        ["cache.lengths=[7]", "capacity=6"],
+    ),
+    (
+        "prefill-capacity",
+        lambda: prefill(*(RAW[n] for n in STREAMS), CFG, capacity=4),
+        ["capacity=4", "T=10", "hold the prompt"],
+    ),
+    ("resize-below-length", lambda: resize(cache_of(), 5, CFG), ["capacity=5", "longest", "[6]"]),
+    (
+        "join-heads",
+        lambda: join([cache_of(), empty_cache(1, 1, 3, 5, 8, CFG)], CFG),
+        ["same kv heads", "(2, 3, 5)", "(1, 3, 5)"],
+    ),
+    ("join-none", lambda: join([], CFG), ["caches=[]", "at least one"]),
+    ("select-out-of-range", lambda: select(cache_of(), [0, 1], CFG), ["batch_indices=[0, 1]", "0..0"]),
+    ("select-empty", lambda: select(cache_of(), [], CFG), ["batch_indices=[]", "non-empty"]),
     (
         "decode-q-dk",
         lambda: decode_attention(cache_of(), zeros(1, 1, 4, 2), RAW["gates"][:, :1], CFG),

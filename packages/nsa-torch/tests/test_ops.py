@@ -7,6 +7,8 @@ import pytest
 import torch
 from nsa_spec import NSAConfig, NSAInputs
 from nsa_spec import reference as ref
+from nsa_spec.contract import CACHE_ARRAYS
+from nsa_spec.reference import decode as ref_decode
 from nsa_torch.backend import TorchBackend
 from nsa_torch.ops import decode, nsa, select
 
@@ -76,18 +78,69 @@ def test_top_n_ties_lower_index_wins():
 
 
 def test_decode_matches_reference_and_counts_reads():
+    """Per-sequence lengths: a batch joined from prefills of different lengths, then steps."""
     rng = np.random.default_rng(5)
-    B, H, HQ, dk, dv = 2, 2, 4, 8, 6
-    cache_np, cache_t = ref.empty_cache(B, H, dk, dv), decode.empty_cache(B, H, dk, dv, torch.float64)
-    for _ in range(90):
-        q = rng.standard_normal((B, 1, HQ, dk))
-        kv = [rng.standard_normal((B, 1, H, d)) for d in (dk, dv, dk, dv, dk, dv)]
-        gates = rng.uniform(size=(B, 1, HQ, 3))
+    HQ, H, dk, dv = 4, 2, 8, 6
+    prompts = [rng.standard_normal((1, T, H, d)) for T in (3, 41) for d in (dk, dv, dk, dv, dk, dv)]
+    parts_np, parts_t = [], []
+    for i, T in enumerate((3, 41)):
+        kv = prompts[6 * i : 6 * i + 6]
+        parts_np.append(ref.from_streams(*kv, CFG, capacity=T + 5))
+        parts_t.append(decode.from_streams(*map(torch.from_numpy, kv), CFG, capacity=T + 5 * i))
+    cache_np, cache_t = ref.join(parts_np, CFG), decode.join(parts_t, CFG)
+    for _ in range(60):
+        if cache_t.lengths.max() >= cache_t.capacity:
+            cache_t = decode.resize(cache_t, 2 * cache_t.capacity, CFG)
+        q = rng.standard_normal((2, 1, HQ, dk))
+        kv = [rng.standard_normal((2, 1, H, d)) for d in (dk, dv, dk, dv, dk, dv)]
+        gates = rng.uniform(size=(2, 1, HQ, 3))
         want, cache_np = ref.decode_step(cache_np, q, *kv, gates, CFG)
         got, cache_t = decode.decode_step(
             cache_t, torch.from_numpy(q), *map(torch.from_numpy, kv), torch.from_numpy(gates), CFG
         )
+        np.testing.assert_array_equal(cache_t.lengths.numpy(), cache_np.lengths)
         np.testing.assert_array_equal(got.out.indices.numpy(), want.out.indices)
         np.testing.assert_array_equal(got.reads.numpy(), want.reads)
         np.testing.assert_allclose(got.out.o.numpy(), want.out.o, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(got.out.lse.numpy(), want.out.lse, rtol=1e-12, atol=1e-12)
+    picked_np, picked_t = ref.select(cache_np, [1, 0, 1], CFG), decode.select(cache_t, [1, 0, 1], CFG)
+    q, gates = rng.standard_normal((3, 1, HQ, dk)), rng.uniform(size=(3, 1, HQ, 3))
+    want = ref.decode_attention(picked_np, q, gates, CFG)
+    got = decode.decode_attention(picked_t, torch.from_numpy(q), torch.from_numpy(gates), CFG)
+    np.testing.assert_allclose(got.out.o.numpy(), want.out.o, rtol=1e-12, atol=1e-12)
+
+
+def test_decode_never_reads_unused_rows():
+    """NaN in every row at or past a sequence's length changes neither append nor attention."""
+    rng = np.random.default_rng(6)
+    H, dk, dv = 2, 8, 6
+    parts = [ref.from_streams(*(rng.standard_normal((1, T, H, d)) for d in (dk, dv, dk, dv, dk, dv)), CFG,
+                              capacity=60) for T in (2, 9, 30)]
+    clean = ref.join(parts, CFG)
+    used = ref_decode.used_rows(clean, CFG)
+    poisoned = clean.replace(**{n: np.where(used[n][..., None, None], getattr(clean, n), np.nan)
+                                for n in CACHE_ARRAYS})
+    q, gates = rng.standard_normal((3, 1, 4, dk)), rng.uniform(size=(3, 1, 4, 3))
+    kv = [rng.standard_normal((3, 1, H, d)) for d in (dk, dv, dk, dv, dk, dv)]
+    results = []
+    for cache in (clean, poisoned):
+        theirs = cache.replace(**{n: torch.from_numpy(getattr(cache, n).copy()) for n in CACHE_ARRAYS},
+                               lengths=torch.from_numpy(cache.lengths.copy()))
+        results.append(decode.decode_step(theirs, torch.from_numpy(q), *map(torch.from_numpy, kv),
+                                          torch.from_numpy(gates), CFG)[0])
+    assert torch.isfinite(results[1].out.o).all()
+    torch.testing.assert_close(results[1].out.o, results[0].out.o, rtol=0, atol=0)
+    torch.testing.assert_close(results[1].reads, results[0].reads)
+
+
+def test_decode_step_reads_no_value_on_the_host():
+    """append + decode_attention on meta tensors (which hold no values): any host read would raise,
+    so the step needs no synchronisation and can be captured in a CUDA graph."""
+    B, H, HQ, dk, dv = 2, 2, 4, 8, 6
+    cache = decode.empty_cache(B, H, dk, dv, 64, CFG, torch.float32, "meta")
+    tokens = [torch.empty(B, 1, H, d, device="meta") for d in (dk, dv, dk, dv, dk, dv)]
+    q, gates = torch.empty(B, 1, HQ, dk, device="meta"), torch.empty(B, 1, HQ, 3, device="meta")
+    result, _ = decode.decode_step(cache, q, *tokens, gates, CFG)
+    assert result.out.o.shape == (B, 1, HQ, dv) and result.reads.shape == (B, H)
+    assert result.out.indices.shape == (B, 1, H, CFG.top_n)
+

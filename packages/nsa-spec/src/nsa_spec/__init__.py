@@ -5,12 +5,20 @@ Start with `NSAConfig`, `reference.nsa_forward` (raw streams, phi applied) or
 """
 
 from nsa_spec.config import NSAConfig
-from nsa_spec.contract import DecodeCache, DecodeResult, NSAGrads, NSAInputs, NSAOutput, validate_inputs
+from nsa_spec.contract import (
+    DecodeCache,
+    DecodeResult,
+    NSAGrads,
+    NSAInputs,
+    NSAOutput,
+    validate_cache,
+    validate_inputs,
+)
 from nsa_spec.errors import InvalidInputError, UnsupportedError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DecodeCache", "DecodeResult", "InvalidInputError", "NSAConfig", "NSAGrads", "NSAInputs",
-    "NSAOutput", "UnsupportedError", "__version__", "validate_inputs",
+    "NSAOutput", "UnsupportedError", "__version__", "validate_cache", "validate_inputs",
 ]

@@ -83,10 +83,16 @@ class NSAGrads:
 
 @dataclass(frozen=True)
 class DecodeCache:
-    """What a decode step reads, for a batch of sequences of one common length S.
+    """Preallocated decode storage for a batch of sequences, each with its own length S_b.
 
-    k_raw/v_raw [B, S, H, dk|dv] raw cmp stream (phi's input); k_cmp/v_cmp [B, N_cmp(S), H, .];
-    k_slc/v_slc [B, S, H, .]; k_win/v_win [B, min(w, S), H, .] the last w win tokens, oldest first.
+    k_raw/v_raw [B, l, H, dk|dv]: ring of the last l = cmp_len raw cmp tokens (phi's input),
+    position p in row p % l. k_cmp/v_cmp [B, C_cmp, H, .]: compressed tokens, rows >= N_cmp(S_b)
+    unused. k_slc/v_slc [B, C, H, .]: the slc stream, rows >= S_b unused. k_win/v_win
+    [B, w, H, .]: ring of the last w = window win tokens, position p in row p % w. lengths [B]
+    int64: S_b, the tokens sequence b holds (the new token included when a step attends); a NumPy
+    array for the reference, an int64 tensor on the cache's device for torch backends (read on
+    the device only, so a step needs no host copy). Capacity C = k_slc.shape[1] tokens per
+    sequence, C_cmp >= N_cmp(C). Unused rows hold anything and are never read into a result.
     """
 
     k_raw: Any
@@ -97,7 +103,49 @@ class DecodeCache:
     v_slc: Any
     k_win: Any
     v_win: Any
-    length: int
+    lengths: Any
+
+    @property
+    def capacity(self) -> int:
+        """Tokens per sequence the storage holds: C = k_slc.shape[1]."""
+        return int(self.k_slc.shape[1])
+
+    def replace(self, **changes: Any) -> DecodeCache:
+        """A copy with some fields changed."""
+        return DecodeCache(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
+
+
+CACHE_ARRAYS = ("k_raw", "v_raw", "k_cmp", "v_cmp", "k_slc", "v_slc", "k_win", "v_win")
+"""The storage fields of `DecodeCache` (lengths excluded), in order."""
+
+
+def validate_cache(cache: DecodeCache, config: NSAConfig) -> tuple[int, int, int, int, int]:
+    """Check every shape rule of the decode layout; return (B, C, H, dk, dv).
+
+    Values are not read (lengths may live on a device); the reference checks them itself.
+    """
+    B, C, H, dk = _shape("k_slc", cache.k_slc, 4)
+    dv = _shape("v_slc", cache.v_slc, 4)[3]
+    if min(B, H, dk, dv) < 1:
+        raise InvalidInputError(f"k_slc must have non-empty dims [B, C, H, dk]: k_slc.shape={(B, C, H, dk)}")
+    _expect("v_slc", _shape("v_slc", cache.v_slc, 4), (B, C, H, dv), "[B, C, H, dv] like k_slc")
+    l, w = config.cmp_len, config.window
+    for name, x, rows, dim, rule in (
+        ("k_raw", cache.k_raw, l, dk, "a ring of l = cmp_len rows"),
+        ("v_raw", cache.v_raw, l, dv, "a ring of l = cmp_len rows"),
+        ("k_win", cache.k_win, w, dk, "a ring of w = window rows"),
+        ("v_win", cache.v_win, w, dv, "a ring of w = window rows"),
+    ):
+        _expect(name, _shape(name, x, 4), (B, rows, H, dim), f"[B, {rows}, H, {dim}], {rule}")
+    kc = _shape("k_cmp", cache.k_cmp, 4)
+    if kc[:1] != (B,) or kc[2:] != (H, dk) or kc[1] < n_cmp(C, config):
+        raise InvalidInputError(
+            f"k_cmp must have shape [B, C_cmp, H, dk] = [{B}, >= N_cmp(C) = {n_cmp(C, config)}, {H}, {dk}] "
+            f"(C = k_slc.shape[1] = {C}): k_cmp.shape={kc}"
+        )
+    _expect("v_cmp", _shape("v_cmp", cache.v_cmp, 4), (B, kc[1], H, dv), "[B, C_cmp, H, dv] like k_cmp")
+    _expect("lengths", _shape("lengths", cache.lengths, 1), (B,), "[B], one length per sequence")
+    return B, C, H, dk, dv
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,8 @@ class TorchBackend:
         return NSAGrads(**{n: torch.zeros_like(x) if g is None else g for (n, x), g in pairs})
 
     def decode(self, cache: DecodeCache, q: Any, gates: Any, config: NSAConfig) -> DecodeResult:
-        """Attend from the newest cached token; reads counted from the rows gathered."""
+        """Attend from each sequence's newest cached token over its own tokens; reads counted from
+        the rows gathered; no value read back to the host (a CUDA graph can capture it)."""
         with torch.no_grad():
             return decode_attention(cache, q, gates, config)
 

@@ -3,7 +3,7 @@
     y = layer(x)                      # training / full forward: x [B, T, d_model] -> [B, T, d_model]
     cache = NSACache()
     y = layer(prompt, cache=cache)    # prefill: attends over the prompt and fills the cache
-    y = layer(token, cache=cache)     # decode: x [B, 1, d_model], continues at position cache.length
+    y = layer(token, cache=cache)     # decode: x [B, 1, d_model], sequence b at position cache.lengths[b]
     y = layer(packed, cu_seqlens=cu)  # packed sequences: x [1, T_total, d_model], no padding
 
 Per layer: a query projection and one key/value projection per branch (cmp, slc, win; or one
@@ -142,9 +142,10 @@ class NSAAttention(nn.Module):
         """x [B, T, d_model] -> [B, T, d_model].
 
         Without `cache`: causal NSA over the T tokens (positions 0..T-1). With an empty `cache`:
-        the same, and the cache is filled. With a non-empty `cache`: x must hold one token, at
-        position `cache.length`; it is appended and attends over the cache (`cache.reads` then
-        holds the tokens that step read). With `cu_seqlens` (int [n_seq + 1] offsets, B = 1):
+        the same, and the cache is filled. With a non-empty `cache`: x must hold one token per
+        sequence, sequence b's at position `cache.lengths[b]` (sequences joined into one cache
+        may differ in length); it is appended and attends over its own sequence (`cache.reads`
+        then holds the tokens that step read). With `cu_seqlens` (int [n_seq + 1] offsets, B = 1):
         x packs sequences of different lengths along T; each has its own positions from 0 and
         its own compressed tokens, and no token sees another sequence (no cache). With
         `return_aux`, also returns the attention's `NSAOutput` (o before the output
@@ -166,19 +167,21 @@ class NSAAttention(nn.Module):
         cu = host_cu_seqlens(cu_seqlens)
         if cu is not None and cache is not None:
             raise UnsupportedError(
-                "cu_seqlens with a cache is not supported: an NSACache holds a batch of equal-length "
-                "sequences; pad the batch, or run packed sequences without a cache"
+                "cu_seqlens with a cache is not supported: prefill each sequence into its own NSACache "
+                "and join() them (sequences of different lengths then decode together)"
             )
-        start = 0 if cache is None else cache.length
-        if start:
-            self._check_decode(x, start)
-        if cu is None:
-            positions = torch.arange(start, start + T, device=x.device)
+        decoding = cache is not None and cache.state is not None
+        if decoding:
+            self._check_decode(x, cache.length)
+            cache.check_batch(B)
+            positions = cache.lengths[:, None].to(x.device)  # [B, 1]: each sequence at its own length
+        elif cu is None:
+            positions = torch.arange(T, device=x.device)
         else:
             positions = torch.from_numpy(_packed_positions(cu, B, T)).to(x.device)
         q, kv, gates = self.streams(x, positions, rotary)
         (k_raw, v_raw), (k_slc, v_slc), (k_win, v_win) = (kv[b] for b in BRANCHES)
-        if start:
+        if decoding:
             aux = self._decode(cache, q, k_raw, v_raw, k_slc, v_slc, k_win, v_win, gates)
         else:
             k_cmp, v_cmp = self._compress(self.phi_k, k_raw, cu), self._compress(self.phi_v, v_raw, cu)
@@ -216,7 +219,7 @@ class NSAAttention(nn.Module):
                 v_slc: Tensor, k_win: Tensor, v_win: Tensor, gates: Tensor) -> NSAOutput:
         state = cache.append(k_raw, v_raw, k_slc, v_slc, k_win, v_win, self.config, self.phi_k, self.phi_v)
         problem = problem_for("decode", q, self.num_kv_heads, self.v_head_dim, self.config,
-                              tokens=state.length)
+                              tokens=cache.length)
         backend = backend_for(problem, self.backend)
         result = backend.decode(state, q, gates, self.config)
         cache.reads = result.reads

@@ -14,7 +14,7 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, positions: Tensor, base: float) -> Tensor:
-    """Rotate x [B, T, H, D] at absolute `positions` [T]: x*cos + rotate_half(x)*sin.
+    """Rotate x [B, T, H, D] at absolute `positions` [T] (or [B, T]): x*cos + rotate_half(x)*sin.
 
     Channel i and i + D/2 rotate together at frequency base^(-2i/D). Angles are computed in
     float64 so long positions keep their precision, then cast to x's dtype.
@@ -23,8 +23,8 @@ def apply_rope(x: Tensor, positions: Tensor, base: float) -> Tensor:
     if D % 2:
         raise InvalidInputError(f"RoPE needs an even head dim: head_dim={D}")
     inv_freq = base ** (-torch.arange(0, D, 2, dtype=torch.float64, device=x.device) / D)
-    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # [T, D/2]
-    angles = torch.cat([angles, angles], dim=-1)[None, :, None, :]
+    angles = positions.to(torch.float64)[..., None] * inv_freq  # [T, D/2] or [B, T, D/2]
+    angles = torch.cat([angles, angles], dim=-1).reshape(-1, x.shape[1], 1, D)  # [B or 1, T, 1, D]
     return x * angles.cos().to(x.dtype) + rotate_half(x) * angles.sin().to(x.dtype)
 
 

@@ -18,8 +18,9 @@ class Backend(Protocol):
     `priority`: dispatch tries higher first. `unavailable_reason()` is None when the backend can
     run on this machine (e.g. its device and compiler exist), else a sentence saying why not.
     `forward` returns `NSAOutput` with lse and indices filled. `backward` returns the gradients
-    of sum(o * grad_o) with the selected blocks of `out` held fixed. `decode` attends from the
-    newest token of a `DecodeCache` and reports the tokens it read per (batch, kv head).
+    of sum(o * grad_o) with the selected blocks of `out` held fixed. `decode` attends from each
+    sequence's newest token of a `DecodeCache` over that sequence's own `lengths[b]` tokens
+    (never reading a row past them) and reports the tokens it read per (batch, kv head).
     `asarray`/`to_numpy` move arrays in and out, so one conformance suite serves every backend.
     """
 

@@ -34,16 +34,21 @@ def _overlap_rows(n_tokens: int, n_blocks: int, config: NSAConfig) -> tuple[np.n
     return tokens, weights
 
 
+@functools.lru_cache(maxsize=64)
+def _device_overlap_rows(n_tokens: int, n_blocks: int, config: NSAConfig, device: torch.device,
+                         dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    tokens, weights = _overlap_rows(n_tokens, n_blocks, config)
+    with torch.inference_mode(False):  # ordinary tensors: usable under autograd after an inference call
+        return torch.as_tensor(tokens, device=device), torch.as_tensor(weights, dtype=dtype, device=device)
+
+
 def overlap_rows(n_tokens: int, n_blocks: int, config: NSAConfig, like: Tensor) -> tuple[Tensor, Tensor]:
     """Eq. 9 as padded rows: tokens [n_blocks, R] (long) and weights [n_blocks, R] (0 = padding).
 
-    Row j lists the compressed tokens overlapping selection block j and M[i, j] for each.
+    Row j lists the compressed tokens overlapping selection block j and M[i, j] for each. Kept
+    per device, so a repeated call copies nothing from the host (a decode step in a CUDA graph).
     """
-    tokens, weights = _overlap_rows(n_tokens, n_blocks, config)
-    return (
-        torch.as_tensor(tokens, device=like.device),
-        torch.as_tensor(weights, dtype=like.dtype, device=like.device),
-    )
+    return _device_overlap_rows(n_tokens, n_blocks, config, like.device, like.dtype)
 
 
 def importance_scores(p_cmp: Tensor, rows: tuple[Tensor, Tensor]) -> Tensor:
@@ -62,17 +67,18 @@ def importance_scores(p_cmp: Tensor, rows: tuple[Tensor, Tensor]) -> Tensor:
 
 
 def top_n(scores: Tensor, positions: Tensor, config: NSAConfig) -> Tensor:
-    """Selected blocks (Eq. 11): scores [B, C, H, n_blocks], positions [C] -> [B, C, H, n] long.
+    """Selected blocks (Eq. 11): scores [B, C, H, n_blocks], positions [C] (or [B, C], one row of
+    positions per sequence) -> [B, C, H, n] long.
 
     Blocks after a query's current block get no slot whatever their score.
     """
     n_blocks = scores.shape[-1]
     n = config.top_n
-    c = (positions // config.slc_len)[:, None, None]  # [C, 1, 1]
+    c = (positions // config.slc_len)[..., None, None]  # [C, 1, 1] or [B, C, 1, 1]
     j = torch.arange(n_blocks, device=scores.device)
     exists = j <= c
     forced = exists & ((j == 0) | (j == c) | (j == c - 1))
-    inf = torch.tensor(float("inf"), dtype=scores.dtype, device=scores.device)
+    inf = scores.new_full((), float("inf"))
     key = torch.where(forced, inf, torch.where(exists, scores, -inf))
     order = torch.sort(-key, dim=-1, stable=True).indices[..., :n]  # ties: lower j first
     rank = torch.arange(order.shape[-1], device=scores.device)
@@ -87,13 +93,14 @@ def top_n(scores: Tensor, positions: Tensor, config: NSAConfig) -> Tensor:
 def selected_keys(indices: Tensor, positions: Tensor, config: NSAConfig) -> tuple[Tensor, Tensor]:
     """Gather plan for each query's selected tokens.
 
-    indices [B, C, H, n] (-1 padded), positions [C] -> (blocks to gather [B, C, H, n], clamped to
-    >= 0, and allowed [B, C, H, n*l']: the token is in a selected block and at a position <= t).
+    indices [B, C, H, n] (-1 padded), positions [C] or [B, C] -> (blocks to gather [B, C, H, n],
+    clamped to >= 0, and allowed [B, C, H, n*l']: the token is in a selected block and at a
+    position <= t).
     """
     l_slc = config.slc_len
     key_pos = (indices[..., None] * l_slc + torch.arange(l_slc, device=indices.device)).flatten(-2)
     valid = (indices >= 0).repeat_interleave(l_slc, dim=-1)
-    return indices.clamp(min=0), valid & (key_pos <= positions[None, :, None, None])
+    return indices.clamp(min=0), valid & (key_pos <= positions[..., None, None])
 
 
 def selection_blocks(x: Tensor, config: NSAConfig) -> Tensor:
