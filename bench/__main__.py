@@ -27,8 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="gate, time and record workloads")
     r.add_argument("workloads", nargs="+", choices=sorted(workloads.WORKLOADS))
     r.add_argument("--backend", nargs="+", required=True,
-                   help="NSA backends (torch, numpy, ...), sdpa-cudnn, sdpa-flash, sdpa-math, fla-nsa, "
-                        "flash-nsa")
+                   help="NSA backends (torch, numpy, ...), sdpa-cudnn, sdpa-flash, sdpa-math, flash-attn, "
+                        "fla-nsa, flash-nsa")
     r.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     r.add_argument("--seqlens", type=_ints, help="T (prefill, selection) or S (decode), e.g. 8192,16384")
     r.add_argument("--batches", type=_ints, help="decode batch sizes")

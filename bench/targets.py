@@ -26,6 +26,7 @@ from bench.workloads import Case
 DENSE_BACKENDS = {"sdpa-cudnn": "CUDNN_ATTENTION", "sdpa-flash": "FLASH_ATTENTION", "sdpa-math": "MATH"}
 FLA_NAME = "fla-nsa"
 FLASH_NSA_NAME = "flash-nsa"
+FLASH_ATTN_NAME = "flash-attn"
 SEED = 20250216
 
 
@@ -330,6 +331,59 @@ class DenseTarget(Target):
                         note="native GQA (enable_gqa=True)")
 
 
+# ---- FlashAttention -----------------------------------------------------------------------------
+
+
+def _flash_attn_module() -> tuple[str, Any] | None:
+    """(module name, module) of the FlashAttention interface installed: FA3/FA4's
+    `flash_attn_interface` first, else flash-attn 2's `flash_attn`; None when neither imports."""
+    for name in ("flash_attn_interface", "flash_attn"):
+        if importlib.util.find_spec(name) is not None:
+            return name, importlib.import_module(name)
+    return None
+
+
+class FlashAttnTarget(Target):
+    """FlashAttention's `flash_attn_func` (the dense kernel most users run), native GQA: prefill
+    causal over [B, T, H, d] K/V, decode one query over S keys (`flash_attn_with_kvcache`)."""
+
+    kind = "dense"
+    name = FLASH_ATTN_NAME
+    modes = ("fwd", "fwdbwd", "decode")
+
+    def unsupported(self, case: Case, device: str) -> str | None:
+        if _flash_attn_module() is None:
+            return "flash-attn is not installed (neither flash_attn_interface nor flash_attn imports)"
+        if device != "cuda":
+            return f"flash-attn needs a CUDA device (device={device})"
+        if case.dtype not in ("bfloat16", "float16"):
+            return f"flash-attn needs bfloat16 or float16 (dtype={case.dtype})"
+        return None
+
+    def prepare(self, case: Case, device: str) -> Prepared:
+        module_name, fa = _flash_attn_module()
+        r = _Torch(device, case.dtype)
+        B, T, HQ, H, dk, dv = case.batch, case.seqlen, case.heads_q, case.heads_kv, case.dk, case.dv
+        note = f"{module_name}, native GQA"
+
+        def first(out: Any) -> Any:  # FA3's interface returns (out, lse)
+            return out[0] if isinstance(out, tuple) else out
+
+        if case.mode == "decode":
+            q = r.randn(B, 1, HQ, dk)
+            k, v = r.randn(B, T, H, dk), r.randn(B, T, H, dv)
+            lengths = r.lengths(B, T).to(r.torch.int32)
+            return Prepared(lambda: fa.flash_attn_with_kvcache(q, k, v, cache_seqlens=lengths), note=note)
+        q, k, v = r.randn(B, T, HQ, dk), r.randn(B, T, H, dk), r.randn(B, T, H, dv)
+        if case.mode == "fwd":
+            return Prepared(lambda: fa.flash_attn_func(q, k, v, causal=True), note=note)
+        for x in (q, k, v):
+            x.requires_grad_(True)
+        grad_o = r.randn(B, T, HQ, dv)
+        return Prepared(lambda: first(fa.flash_attn_func(q, k, v, causal=True)).backward(grad_o),
+                        grad_to_none=[q, k, v], note=note)
+
+
 # ---- fla-core ----------------------------------------------------------------------------------
 
 
@@ -496,11 +550,14 @@ class FlashNSATarget(Target):
 
 
 def get(name: str) -> Target:
-    """The target called `name`: a dense baseline, fla, flash-nsa, or a registered NSA backend."""
+    """The target called `name`: a dense baseline (SDPA, flash-attn), fla, flash-nsa, or a registered
+    NSA backend."""
     if name in DENSE_BACKENDS:
         return DenseTarget(name)
     if name == FLA_NAME:
         return FlaTarget()
     if name == FLASH_NSA_NAME:
         return FlashNSATarget()
+    if name == FLASH_ATTN_NAME:
+        return FlashAttnTarget()
     return NSATarget(name)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from bench import __main__ as cli
-from bench import results, runner, timing, workloads
+from bench import results, runner, targets, timing, workloads
 from bench.gate import GateResult, command
 
 TINY = workloads.Overrides(seqlens=[48], batches=[1], selected=[16], heads_q=4, heads_kv=1,
@@ -88,6 +88,15 @@ class _SlowTarget:
 
     def prepare(self, case, device):
         raise timing.OverBudgetError(self.seconds, 1.0)
+
+
+def test_flash_attn_rows_say_why_they_are_skipped(tmp_path, monkeypatch):
+    """Without flash-attn (or off CUDA) the flash-attn rows are skipped with the reason, not dropped."""
+    monkeypatch.setattr(targets, "_flash_attn_module", lambda: None)
+    out = runner.run(["prefill-paper"], ["flash-attn"], "cpu", TINY, 30, tmp_path, gate=_gate(True))
+    rows = [r for r in out["prefill-paper"] if r["backend"] == "flash-attn"]
+    assert rows and {r["status"] for r in rows} == {"skipped"}
+    assert all("flash-attn is not installed" in r["reason"] for r in rows)
 
 
 def test_over_budget_stops_the_series():
