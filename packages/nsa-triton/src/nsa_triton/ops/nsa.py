@@ -4,7 +4,9 @@ branch, and the window branch fused with the gated combine; then the backward of
 The branch outputs go to one float32 buffer `branch_o` [B, T, HQ, 3, dv] (compressed, selected,
 window); the window kernel reads the first two, writes the third and the gated o in q's dtype.
 `branch_o` is kept in `NSAOutput` for the backward (the gates' gradient and each branch's
-rowsum(dO * O) need it). Packed sequences (cu_seqlens) run one by one.
+rowsum(dO * O) need it). Packed sequences (cu_seqlens) run one by one. The selected-branch stage
+is a parameter of the forward (`SelectedStage`, default this package's kernel), so another backend
+composes these stages with its own selected kernel (backend "cuda" does).
 
 The backward reads the forward's lse, indices and branch_o (nothing is recomputed but each
 branch's probabilities): `combine_backward` gives the gates' gradient and each branch's
@@ -13,6 +15,8 @@ to one float32 dq. Selection is not differentiated: the forward's indices are us
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from nsa_spec.blocks import n_slc_blocks
@@ -27,13 +31,18 @@ from nsa_triton.ops.compress import compressed_attention, compressed_attention_b
 from nsa_triton.ops.select import selected_attention, selected_attention_backward, top_n
 from nsa_triton.ops.window import window_attention, window_attention_backward
 
+SelectedStage = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, NSAConfig, float], None]
+"""The selected branch as `select.selected_attention` takes it: (q, k_slc, v_slc, indices int32,
+o float32 view, lse float32 view, config, scale), writing o and lse."""
+
 
 def _rows_contiguous(x: Tensor) -> Tensor:
     """x with unit stride in its last dim (the kernels index features as offsets)."""
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _sequence(a: dict[str, Tensor], config: NSAConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _sequence(a: dict[str, Tensor], config: NSAConfig,
+              selected: SelectedStage) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One batch of equal-length sequences -> o [B, T, HQ, dv], lse [B, T, HQ, 3], indices,
     branch_o [B, T, HQ, 3, dv]."""
     a = {name: _rows_contiguous(x) for name, x in a.items()}
@@ -47,23 +56,24 @@ def _sequence(a: dict[str, Tensor], config: NSAConfig) -> tuple[Tensor, Tensor, 
     scores = importance_scores(q, a["k_cmp"], lse[..., 0], n_slc_blocks(T, config), config, scale)
     indices = top_n(scores, config)
     del scores
-    selected_attention(q, a["k_slc"], a["v_slc"], indices, branch_o[..., 1, :], lse[..., 1], config,
-                       scale)
+    selected(q, a["k_slc"], a["v_slc"], indices, branch_o[..., 1, :], lse[..., 1], config, scale)
     o = torch.empty((B, T, HQ, dv), dtype=q.dtype, device=q.device)
     window_attention(q, a["k_win"], a["v_win"], a["gates"], branch_o, o, lse[..., 2], config, scale)
     return o, lse, indices.long(), branch_o
 
 
-def nsa_attention(inputs: NSAInputs, config: NSAConfig) -> NSAOutput:
+def nsa_attention(inputs: NSAInputs, config: NSAConfig,
+                  selected: SelectedStage = selected_attention) -> NSAOutput:
     """NSA forward on the kernel contract -> `NSAOutput` (o in q's dtype, lse float32, indices
-    long, branch_o float32). Inputs are checked as `nsa_torch.ops.nsa.nsa_attention` checks them."""
+    long, branch_o float32), the selected branch computed by `selected`. Inputs are checked as
+    `nsa_torch.ops.nsa.nsa_attention` checks them."""
     inputs = prepare(inputs, config)
     cu = inputs.cu_seqlens
     arrays = inputs.arrays()
     if cu is None:
-        o, lse, idx, branch_o = _sequence(arrays, config)
+        o, lse, idx, branch_o = _sequence(arrays, config, selected)
         return NSAOutput(o=o, lse=lse, indices=idx, branch_o=branch_o)
-    outs = [_sequence(piece, config) for _, _, piece in packed_sequences(arrays, cu, config)]
+    outs = [_sequence(piece, config, selected) for _, _, piece in packed_sequences(arrays, cu, config)]
     o, lse, idx, branch_o = (torch.cat(parts, 1) for parts in zip(*outs, strict=True))
     return NSAOutput(o=o, lse=lse, indices=idx, branch_o=branch_o)
 
