@@ -1,0 +1,1 @@
+"""CUDA kernels, one module per NSA stage (select); nsa composes them with the triton stages."""
