@@ -38,15 +38,13 @@ def limit_reasons(heads_q: int, heads_kv: int, dk: int, dv: int, dtype: str, bat
     return reasons
 
 
-def _check(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Tensor, lse: Tensor) -> None:
+def check_inputs(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Tensor, lse: Tensor) -> None:
+    """Raise `InvalidInputError` (shapes, dtypes, strides, devices) or `UnsupportedError` (the
+    kernel's limits), naming the argument, its value and the rule."""
     for name, x, dims in (("q", q, 4), ("k_slc", k_slc, 4), ("v_slc", v_slc, 4), ("indices", indices, 4),
                           ("o", o, 4), ("lse", lse, 3)):
         if not isinstance(x, Tensor) or x.dim() != dims:
             raise InvalidInputError(f"{name} must be a {dims}-dim torch.Tensor: got {getattr(x, 'shape', x)}")
-        if x.device != q.device or x.device.type != "cuda":
-            raise InvalidInputError(
-                f"{name} must be on q's CUDA device: {name} is on {x.device}, q on {q.device}"
-            )
         if dims == 4 and x.stride(-1) != 1:
             raise InvalidInputError(
                 f"{name} must have unit stride in its last dim: {name}.stride()={x.stride()}"
@@ -74,6 +72,12 @@ def _check(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Tensor, 
     reasons = limit_reasons(HQ, H, dk, dv, DTYPES[q.dtype], B)
     if reasons:
         raise UnsupportedError("the cuda selected kernel cannot run this: " + "; ".join(reasons))
+    arrays = {"q": q, "k_slc": k_slc, "v_slc": v_slc, "indices": indices, "o": o, "lse": lse}
+    for name, x in arrays.items():
+        if x.device != q.device or x.device.type != "cuda":
+            raise InvalidInputError(
+                f"{name} must be on q's CUDA device: {name} is on {x.device}, q on {q.device}"
+            )
 
 
 def selected_attention(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Tensor, lse: Tensor,
@@ -81,5 +85,5 @@ def selected_attention(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor,
     """Write the selected branch of q [B, T, HQ, dk] over the blocks `indices` [B, T, H, n] (int32,
     -1 padded) of k_slc/v_slc [B, T, H, d] into o [B, T, HQ, dv] and lse [B, T, HQ] (float32, views
     allowed)."""
-    _check(q, k_slc, v_slc, indices, o, lse)
+    check_inputs(q, k_slc, v_slc, indices, o, lse)
     extension().selected_attention(q, k_slc, v_slc, indices, o, lse, config.slc_len, float(scale))
