@@ -3,6 +3,8 @@
 `nox -s build` puts every package's wheel in dist/; `install` checks each one alone in a fresh venv.
 `conformance-triton` on the CPU runs TRITON_CPU_SUBSET under Triton's interpreter (which tests, and
 why the rest is GPU-only: the comment above it); `-- --nsa-device cuda` runs the whole suite.
+`conformance-cuda` needs a GPU and is not in `-t ci`; CI runs nsa-cuda's capability tests (`cuda`)
+and compiles its kernels with nvcc (`cuda-compile`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ PACKAGES = {
     "nsa-spec": ("packages/nsa-spec", "nsa_spec", "numpy"),
     "nsa-torch": ("packages/nsa-torch", "nsa_torch", "torch"),
     "nsa-triton": ("packages/nsa-triton", "nsa_triton", "triton"),
+    "nsa-cuda": ("packages/nsa-cuda", "nsa_cuda", "cuda"),
     "nsa-conformance": ("conformance", "nsa_conformance", "numpy"),
 }
 DIST = "dist"
@@ -38,7 +41,11 @@ BACKEND_PACKAGES = {
     "numpy": (),
     "torch": ("-e./packages/nsa-torch",),
     "triton": ("-e./packages/nsa-torch", "-e./packages/nsa-triton"),
+    "cuda": ("-e./packages/nsa-torch", "-e./packages/nsa-triton", "-e./packages/nsa-cuda"),
 }
+# Backends that run only on a GPU: their conformance session defaults to --nsa-device cuda and is
+# not tagged ci (the suite refuses a backend that is unavailable on the machine).
+GPU_ONLY = ("cuda",)
 
 # The CPU run of the triton conformance suite under Triton's interpreter, which runs each kernel
 # program in Python, some 10^4 times slower than a GPU: one small case of every stage, of the tie
@@ -126,20 +133,22 @@ def _conformance_session(backend: str) -> None:
         subset, env = (TRITON_CPU_SUBSET, {"TRITON_INTERPRET": "1"}) if backend == "triton" and not on_gpu \
             else ((), {})
         workers = () if on_gpu else CPU_WORKERS
+        device = ("--nsa-device", "cuda") if backend in GPU_ONLY and not on_gpu else ()
         session.run("pytest", "--pyargs", "nsa_conformance.suite", "--nsa-backend", backend,
-                    *known_gaps, *subset, *workers, *session.posargs, env=env)
+                    *known_gaps, *subset, *workers, *device, *session.posargs, env=env)
         if backend == "numpy":
             session.run("pytest", "conformance/tests")
 
     conformance.__doc__ = CONFORMANCE_DOCS.get(
         backend, "The conformance suite against one backend (conformance/README.md).")
-    nox.session(name=f"conformance-{backend}", tags=["ci"])(conformance)
+    nox.session(name=f"conformance-{backend}", tags=[] if backend in GPU_ONLY else ["ci"])(conformance)
 
 
 CONFORMANCE_DOCS = {
     "numpy": "The conformance suite against the float64 reference, then the suite's own meta-test.",
     "triton": "The suite against triton: on the CPU TRITON_CPU_SUBSET under Triton's interpreter; "
               "`-- --nsa-device cuda` runs all of it on a GPU.",
+    "cuda": "The suite against cuda on a GPU (needs nvcc: the kernels build on first use); not in -t ci.",
 }
 
 
@@ -175,6 +184,49 @@ def triton(session: nox.Session) -> None:
     session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch", "-e./packages/nsa-triton", *TEST_DEPS)
     session.run("pytest", "packages/nsa-triton/tests", *CPU_WORKERS, *session.posargs,
                 env={"TRITON_INTERPRET": "1"})
+
+
+@nox.session(tags=["ci"])
+def cuda(session: nox.Session) -> None:
+    """nsa-cuda's own tests without a GPU: capability honesty, refusal reasons, input checks."""
+    session.install(*CONSTRAINTS, SPEC, *BACKEND_PACKAGES["cuda"], *TEST_DEPS)
+    session.run("pytest", "packages/nsa-cuda/tests", *session.posargs)
+
+
+CUDA_SOURCES = "packages/nsa-cuda/src/nsa_cuda/csrc"
+CUDA_ARCHES = ("80", "90a")  # the portable mma.sync path's floor, and Hopper
+# The defines torch.utils.cpp_extension adds to every .cu it builds: the kernels must compile under them.
+TORCH_NVCC_FLAGS = ("-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+                    "--expt-relaxed-constexpr")
+
+
+def _nvcc() -> str | None:
+    """nvcc on PATH, else in $CUDA_HOME/bin."""
+    found = shutil.which("nvcc")
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if found is None and home and (Path(home) / "bin" / "nvcc").is_file():
+        found = str(Path(home) / "bin" / "nvcc")
+    return found
+
+
+@nox.session(name="cuda-compile", tags=["ci"], venv_backend="none")
+def cuda_compile(session: nox.Session) -> None:
+    """Every .cu of nsa-cuda through `nvcc -c` for sm_80 and sm_90a, warnings as errors, no GPU needed."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        session.error("nvcc not found on PATH or in $CUDA_HOME/bin: the compile check of nsa-cuda's kernels "
+                      "needs the CUDA toolkit (CI has it; install it or set CUDA_HOME)")
+    sources = sorted(Path(CUDA_SOURCES).glob("*.cu"))
+    if not sources:
+        session.error(f"no .cu file under {CUDA_SOURCES}")
+    out = Path(session.create_tmp()) / "cuda-objects"
+    out.mkdir(parents=True, exist_ok=True)
+    gencode = [f"-gencode=arch=compute_{arch},code=sm_{arch}" for arch in CUDA_ARCHES]
+    for source in sources:
+        session.run(nvcc, "-c", "-std=c++17", "-O3", *TORCH_NVCC_FLAGS, *gencode, "-Werror", "all-warnings",
+                    "-Xptxas", "-warn-spills", "--resource-usage", "-o", str(out / f"{source.stem}.o"),
+                    str(source), external=True)
 
 
 @nox.session
