@@ -1,7 +1,7 @@
 # Sourced by the device scripts (the GPU machine has no nox and no network): the workspace's
 # packages, editable, without dependencies, plus any carried wheels (.whl/, e.g. fla-core).
 python3 -m pip install -q --no-index --no-build-isolation --no-deps \
-    -e packages/nsa-spec -e packages/nsa-torch -e packages/nsa-triton -e conformance
+    -e packages/nsa-spec -e packages/nsa-torch -e packages/nsa-triton -e packages/nsa-cuda -e conformance
 if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl
