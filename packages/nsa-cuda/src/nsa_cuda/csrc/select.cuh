@@ -95,7 +95,11 @@ __global__ void __launch_bounds__(kMaxWarps* kWarpSize)
   }
   // This warp's K/V buffers start zero: columns past dk/dv up to the next k16 are read by mma.
   T* warp_s = stage_s + warp * Tile::kWarpElems;
-  for (int e = lane; e < Tile::kWarpElems; e += kWarpSize) warp_s[e] = zero;
+  static_assert((Tile::kWarpElems * kElementBytes) % sizeof(uint4) == 0, "whole 16-byte words per warp");
+  uint4* warp_words = reinterpret_cast<uint4*>(warp_s);
+  for (int e = lane; e < Tile::kWarpElems * kElementBytes / static_cast<int>(sizeof(uint4)); e += kWarpSize) {
+    warp_words[e] = make_uint4(0u, 0u, 0u, 0u);
+  }
   __syncthreads();
 
   const int tiles_per_block = (p.slc_len + kKeys - 1) / kKeys;
