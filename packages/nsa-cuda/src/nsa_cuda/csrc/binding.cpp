@@ -34,8 +34,10 @@ void selected_attention(const at::Tensor& q, const at::Tensor& k, const at::Tens
   TORCH_CHECK(H > 0 && HQ % H == 0, "HQ must be a multiple of H");
   TORCH_CHECK(k.size(0) == B && k.size(1) == T && k.size(3) == q.size(3), "k_slc must be [B, T, H, dk]");
   TORCH_CHECK(v.size(0) == B && v.size(1) == T && v.size(2) == H, "v_slc must be [B, T, H, dv]");
-  TORCH_CHECK(indices.size(0) == B && indices.size(1) == T && indices.size(2) == H, "indices must be [B, T, H, n]");
-  TORCH_CHECK(o.size(0) == B && o.size(1) == T && o.size(2) == HQ && o.size(3) == v.size(3), "o must be [B, T, HQ, dv]");
+  TORCH_CHECK(indices.size(0) == B && indices.size(1) == T && indices.size(2) == H,
+              "indices must be [B, T, H, n]");
+  TORCH_CHECK(o.size(0) == B && o.size(1) == T && o.size(2) == HQ && o.size(3) == v.size(3),
+              "o must be [B, T, HQ, dv]");
   TORCH_CHECK(lse.size(0) == B && lse.size(1) == T && lse.size(2) == HQ, "lse must be [B, T, HQ]");
   for (const at::Tensor* x : {&k, &v, &indices, &o, &lse}) {
     TORCH_CHECK(x->device() == q.device(), "every tensor must be on q's device");
