@@ -8,6 +8,10 @@
 # and print the table last. Logs and results go to $OUT; the build cache to $NSA_CUDA_CACHE.
 #
 #   bash scripts/device-cuda.sh [T ...]
+#
+# torch.utils.cpp_extension.load needs ninja. Where the GPU machine has none, carry its wheel:
+# `python3 -m pip download ninja --no-deps --only-binary :all: -d .whl` here, `.whl` in the call's
+# carry; scripts/device-install.sh installs it under /tmp/site, whose bin/ goes on PATH below.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -15,6 +19,8 @@ OUT="${OUT:-/tmp/cuda-out}"
 mkdir -p "$OUT"
 export NSA_CUDA_CACHE="${NSA_CUDA_CACHE:-/tmp/nsa-cuda-cache}"
 source scripts/device-install.sh
+if [ -d /tmp/site/bin ]; then export PATH="/tmp/site/bin:$PATH"; fi
+command -v ninja > /dev/null || { echo "ninja not found: carry its wheel in .whl/ (see the header)"; exit 1; }
 python3 -m nsa_spec.info > "$OUT/info.txt" 2>&1
 nvcc --version | tail -1
 

@@ -44,6 +44,31 @@ def test_unavailable_without_a_gpu_says_why():
         select_backend(CLAIMED, "cuda")
 
 
+@pytest.mark.parametrize(
+    ("missing", "words"),
+    [("cuda torch", "built without CUDA"), ("device", "no CUDA device"), ("nvcc", "nvcc not found"),
+     ("ninja", "ninja is not on PATH"), (None, None)],
+)
+def test_unavailable_reason_names_the_first_missing_piece(monkeypatch, tmp_path, missing, words):
+    from torch.utils import cpp_extension
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvcc").touch()
+    present = {"cuda torch": ("version.cuda", "13.0"), "device": ("cuda.is_available", lambda: True)}
+    for name, (attr, value) in present.items():
+        if name != missing:
+            module, field = attr.split(".")
+            monkeypatch.setattr(getattr(torch, module), field, value)
+    if missing == "cuda torch":
+        monkeypatch.setattr(torch.version, "cuda", None)
+    if missing == "device":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None if missing == "nvcc" else str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: missing != "ninja")
+    why = build.unavailable_reason.__wrapped__()
+    assert (why is None) if words is None else (words in why), why
+
+
 def test_the_paper_shape_is_claimed():
     assert own_reasons(CLAIMED) == []
 

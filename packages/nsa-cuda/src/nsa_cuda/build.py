@@ -33,16 +33,20 @@ def cache_dir() -> Path:
 
 @functools.cache
 def unavailable_reason() -> str | None:
-    """None when this machine can build and run the kernels, else why not (checked once)."""
+    """None when this machine can build and run the kernels (CUDA torch, a device, nvcc, ninja, the
+    triton stages), else why not, the first missing one (checked once per process)."""
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is built without CUDA (torch.version.cuda is None)"
     if not torch.cuda.is_available():
         return "no CUDA device is visible (torch.cuda.is_available() is False)"
-    from torch.utils.cpp_extension import CUDA_HOME
+    from torch.utils import cpp_extension
 
-    if CUDA_HOME is None or not (Path(CUDA_HOME) / "bin" / "nvcc").is_file():
+    home = cpp_extension.CUDA_HOME
+    if home is None or not (Path(home) / "bin" / "nvcc").is_file():
         return (f"no CUDA toolchain to build the kernels on first use: nvcc not found "
-                f"(CUDA_HOME={CUDA_HOME}; set CUDA_HOME to a CUDA toolkit)")
+                f"(CUDA_HOME={home}; set CUDA_HOME to a CUDA toolkit)")
+    if not cpp_extension.is_ninja_available():
+        return "ninja is not on PATH: torch.utils.cpp_extension.load needs it to build (pip install ninja)"
     try:
         import nsa_triton.ops.nsa  # noqa: F401  (the composed forward stages)
     except ImportError as err:
