@@ -195,7 +195,8 @@ def cuda(session: nox.Session) -> None:
 
 CUDA_SOURCES = "packages/nsa-cuda/src/nsa_cuda/csrc"
 CUDA_ARCHES = ("80", "90a")  # the portable mma.sync path's floor, and Hopper
-# The defines torch.utils.cpp_extension adds to every .cu it builds: the kernels must compile under them.
+# The standard (C++20) and defines torch.utils.cpp_extension uses for every .cu it builds: the kernels
+# must compile under them.
 TORCH_NVCC_FLAGS = ("-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                     "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
                     "--expt-relaxed-constexpr")
@@ -224,7 +225,7 @@ def cuda_compile(session: nox.Session) -> None:
     out.mkdir(parents=True, exist_ok=True)
     gencode = [f"-gencode=arch=compute_{arch},code=sm_{arch}" for arch in CUDA_ARCHES]
     for source in sources:
-        session.run(nvcc, "-c", "-std=c++17", "-O3", *TORCH_NVCC_FLAGS, *gencode, "-Werror", "all-warnings",
+        session.run(nvcc, "-c", "-std=c++20", "-O3", *TORCH_NVCC_FLAGS, *gencode, "-Werror", "all-warnings",
                     "-Xptxas", "-warn-spills", "--resource-usage", "-o", str(out / f"{source.stem}.o"),
                     str(source), external=True)
 
