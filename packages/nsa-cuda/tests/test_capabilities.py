@@ -92,6 +92,11 @@ def test_unclaimed_problems_name_the_reason(change, words):
     assert any(words in r for r in reasons), reasons
 
 
+def test_triton_stage_reasons_are_not_repeated():
+    reasons = own_reasons(dataclasses.replace(CLAIMED, compute_capability=(7, 5)))
+    assert len([r for r in reasons if "compute capability" in r]) == 1, reasons
+
+
 def test_composition_is_declared():
     caps = CudaBackend().capabilities
     assert caps.ops == {"forward"} and {"lse", "indices", "branch_o"} <= caps.saves

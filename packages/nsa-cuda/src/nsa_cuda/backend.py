@@ -83,7 +83,7 @@ class CudaBackend:
         if problem.batch * problem.heads_kv > MAX_BATCH_HEADS:
             reasons.append(f"B*H={problem.batch * problem.heads_kv}: the selected kernel's grid holds at "
                            f"most {MAX_BATCH_HEADS}")
-        reasons += [f"triton stage: {r}" for r in _triton_stage_reasons(problem)]
+        reasons += [f"triton stage: {r}" for r in _triton_stage_reasons(problem) if r not in reasons]
         return reasons
 
     def forward(self, inputs: NSAInputs, config: NSAConfig) -> NSAOutput:
