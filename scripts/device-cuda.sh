@@ -11,7 +11,7 @@
 #
 # torch.utils.cpp_extension.load needs ninja. Where the GPU machine has none, carry its wheel:
 # `python3 -m pip download ninja --no-deps --only-binary :all: -d .whl` here, `.whl` in the call's
-# carry; scripts/device-install.sh installs it under /tmp/site, whose bin/ goes on PATH below.
+# carry; scripts/device-install.sh installs it under /tmp/site and puts its bin/ on PATH.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -19,7 +19,6 @@ OUT="${OUT:-/tmp/cuda-out}"
 mkdir -p "$OUT"
 export NSA_CUDA_CACHE="${NSA_CUDA_CACHE:-/tmp/nsa-cuda-cache}"
 source scripts/device-install.sh
-if [ -d /tmp/site/bin ]; then export PATH="/tmp/site/bin:$PATH"; fi
 command -v ninja > /dev/null || { echo "ninja not found: carry its wheel in .whl/ (see the header)"; exit 1; }
 python3 -m nsa_spec.info > "$OUT/info.txt" 2>&1
 nvcc --version | tail -1
