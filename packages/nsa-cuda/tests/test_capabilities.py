@@ -144,6 +144,7 @@ def _tensors(B=1, T=5, HQ=8, H=2, dk=16, dv=16, n=3, dtype=torch.bfloat16):
          "k_slc must have shape"),
         ({"lse": torch.zeros(1, 5, 8, 1)}, InvalidInputError, "lse must be a 3-dim"),
         ({"q": torch.zeros(1, 5, 8, 32, dtype=torch.bfloat16)[..., ::2]}, InvalidInputError, "unit stride"),
+        (_tensors(n=0), InvalidInputError, "n >= 1 slots"),
         (_tensors(dtype=torch.float32), UnsupportedError, "q.dtype=torch.float32"),
         (_tensors(HQ=64, H=2), UnsupportedError, "G=HQ/H=32"),
         (_tensors(dk=320, dv=320), UnsupportedError, "dk=320"),

@@ -69,6 +69,10 @@ def check_inputs(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Te
                                     f"k_slc/v_slc [B, T, H, .]): {name}.shape={tuple(x.shape)}")
     if H == 0 or HQ % H:
         raise InvalidInputError(f"HQ must be a multiple of H: HQ={HQ}, H={H}")
+    if indices.shape[3] < 1:
+        raise InvalidInputError(
+            f"indices must hold n >= 1 slots per (token, kv head): indices.shape={tuple(indices.shape)}"
+        )
     reasons = limit_reasons(HQ, H, dk, dv, DTYPES[q.dtype], B)
     if reasons:
         raise UnsupportedError("the cuda selected kernel cannot run this: " + "; ".join(reasons))
