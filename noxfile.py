@@ -129,11 +129,12 @@ def _conformance_session(backend: str) -> None:
         xfail = f"packages/nsa-{backend}/conformance-xfail.txt"
         known_gaps = ("--nsa-xfail", xfail) if os.path.exists(xfail) else ()
         session.install(*CONSTRAINTS, SPEC, *BACKEND_PACKAGES[backend], "-e./conformance", *TEST_DEPS)
-        on_gpu = "cuda" in session.posargs or "--nsa-device=cuda" in session.posargs
+        asked_gpu = "cuda" in session.posargs or "--nsa-device=cuda" in session.posargs
+        on_gpu = asked_gpu or backend in GPU_ONLY
         subset, env = (TRITON_CPU_SUBSET, {"TRITON_INTERPRET": "1"}) if backend == "triton" and not on_gpu \
             else ((), {})
         workers = () if on_gpu else CPU_WORKERS
-        device = ("--nsa-device", "cuda") if backend in GPU_ONLY and not on_gpu else ()
+        device = ("--nsa-device", "cuda") if backend in GPU_ONLY and not asked_gpu else ()
         session.run("pytest", "--pyargs", "nsa_conformance.suite", "--nsa-backend", backend,
                     *known_gaps, *subset, *workers, *device, *session.posargs, env=env)
         if backend == "numpy":
