@@ -191,7 +191,7 @@ def triton(session: nox.Session) -> None:
 def cuda(session: nox.Session) -> None:
     """nsa-cuda's own tests without a GPU: capability honesty, refusal reasons, input checks."""
     session.install(*CONSTRAINTS, SPEC, *BACKEND_PACKAGES["cuda"], *TEST_DEPS)
-    session.run("pytest", "packages/nsa-cuda/tests", *session.posargs)
+    session.run("pytest", "packages/nsa-cuda/tests", *CPU_WORKERS, *session.posargs)
 
 
 CUDA_SOURCES = "packages/nsa-cuda/src/nsa_cuda/csrc"
