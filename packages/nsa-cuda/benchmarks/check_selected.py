@@ -1,6 +1,6 @@
 """Backend cuda's selected-branch kernel on a GPU, beside triton's: one table last.
 
-1. Small hostile shapes in bfloat16 and float16 against the float64 oracle
+1. Small hostile shapes in bfloat16, float16 and float32 against the float64 oracle
    (`nsa_spec.reference.select.selected_attention`), beside triton's selected kernel on the same
    inputs: the cuda error must be at most 2x triton's plus 1e-4. Outputs are written into
    NaN-filled strided views (as the composition's branch_o), so an unwritten element fails.
@@ -40,7 +40,7 @@ SMALL = (  # (B, T, HQ, H, dk, dv, l', n): what each stresses
     (1, 1, 4, 4, 64, 64, 64, 16),  # T=1
 )
 SANITIZE = (SMALL[2], SMALL[3], SMALL[6], (1, 200, 64, 4, 128, 128, 64, 3))
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 PAPER = dict(HQ=64, H=4, D=128, l=32, d=16, ls=64, n=16, w=512)
 ORACLE_K, ORACLE_FLOOR = 2.0, 1e-4
 
@@ -202,9 +202,11 @@ def sanitize() -> None:
     """The cuda kernel alone on a few small cases (for compute-sanitizer: no triton kernels)."""
     for i, case in enumerate(SANITIZE):
         B, T, HQ, dv = case[0], case[1], case[2], case[5]
-        x = _case_inputs(case, torch.bfloat16, seed=100 + i)
-        o, lse = _run(cuda_selected, x, B, T, HQ, dv)
-        print(f"sanitize {case}: finite={bool(o.isfinite().all() and lse.isfinite().all())}", flush=True)
+        for dtype in (torch.bfloat16, torch.float32):
+            x = _case_inputs(case, dtype, seed=100 + i)
+            o, lse = _run(cuda_selected, x, B, T, HQ, dv)
+            finite = bool(o.isfinite().all() and lse.isfinite().all())
+            print(f"sanitize {case} {dtype}: finite={finite}", flush=True)
 
 
 def table(oracle: list[dict], paper: list[dict]) -> str:

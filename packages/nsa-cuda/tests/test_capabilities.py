@@ -76,7 +76,7 @@ def test_the_paper_shape_is_claimed():
 @pytest.mark.parametrize(
     ("change", "words"),
     [
-        ({"dtype": "float32"}, "dtype='float32'"),
+        ({"dtype": "float64"}, "dtype='float64'"),
         ({"heads_q": 128}, "G=HQ/H=32"),
         ({"dk": 512, "dv": 512}, "dk=512"),
         ({"compute_capability": (7, 5)}, "compute capability (7, 5) is below the minimum (8, 0)"),
@@ -145,7 +145,7 @@ def _tensors(B=1, T=5, HQ=8, H=2, dk=16, dv=16, n=3, dtype=torch.bfloat16):
         ({"lse": torch.zeros(1, 5, 8, 1)}, InvalidInputError, "lse must be a 3-dim"),
         ({"q": torch.zeros(1, 5, 8, 32, dtype=torch.bfloat16)[..., ::2]}, InvalidInputError, "unit stride"),
         (_tensors(n=0), InvalidInputError, "n >= 1 slots"),
-        (_tensors(dtype=torch.float32), UnsupportedError, "q.dtype=torch.float32"),
+        (_tensors(dtype=torch.float64), UnsupportedError, "q.dtype=torch.float64"),
         (_tensors(HQ=64, H=2), UnsupportedError, "G=HQ/H=32"),
         (_tensors(dk=320, dv=320), UnsupportedError, "dk=320"),
         ({}, InvalidInputError, "must be on q's CUDA device"),

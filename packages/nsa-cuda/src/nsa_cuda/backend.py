@@ -2,9 +2,9 @@
 from backend "triton" (a declared composition: `nsa_cuda.ops.nsa.COMPOSED_STAGES`).
 
 Claims the forward only, on CUDA devices of compute capability 8.0 and later, in bfloat16 and
-float16. Loading never fails for lack of a GPU or a toolchain: `unavailable_reason` says which
-is missing, and `python -m nsa_spec.info` shows it. The kernels and the triton stages are
-imported on first use.
+float16 (tensor cores) and float32 (a simple CUDA-core path, for tests). Loading never fails for
+lack of a GPU or a toolchain: `unavailable_reason` says which is missing, and
+`python -m nsa_spec.info` shows it. The kernels and the triton stages are imported on first use.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ NOTES = {
     "sm90": "runs the sm_80 mma.sync path; a wgmma/TMA path for sm_90a is not written yet",
     "build": "compiled on first use by torch.utils.cpp_extension for the current GPU into "
     "~/.cache/nsa-cuda ($NSA_CUDA_CACHE); needs nvcc (CUDA_HOME)",
-    "float32": "not claimed: the tensor-core path takes bfloat16/float16 (backend 'triton' multiplies "
-    "float32 in IEEE float32)",
+    "float32": "a CUDA-core path (one warp per query head, float32 FMAs, one key at a time) for tests "
+    "and references, not for speed",
     "dispatch": "default priority 4, below triton until measured faster; force it with "
     "NSA_BACKEND_FORWARD=cuda",
     **NOT_IMPLEMENTED,

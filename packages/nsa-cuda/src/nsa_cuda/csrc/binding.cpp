@@ -26,7 +26,8 @@ void selected_attention(const at::Tensor& q, const at::Tensor& k, const at::Tens
   check_rows(o, "o", 4);
   TORCH_CHECK(lse.is_cuda() && lse.dim() == 3, "lse must be a 3-dim CUDA tensor");
   const auto dtype = q.scalar_type();
-  TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kHalf, "q must be bfloat16 or float16");
+  TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kHalf || dtype == at::kFloat,
+              "q must be bfloat16, float16 or float32");
   TORCH_CHECK(k.scalar_type() == dtype && v.scalar_type() == dtype, "k_slc and v_slc must have q's dtype");
   TORCH_CHECK(indices.scalar_type() == at::kInt, "indices must be int32");
   TORCH_CHECK(o.scalar_type() == at::kFloat && lse.scalar_type() == at::kFloat, "o and lse must be float32");
@@ -67,7 +68,9 @@ void selected_attention(const at::Tensor& q, const at::Tensor& k, const at::Tens
   p.top_n = static_cast<int32_t>(indices.size(3));
   p.slc_len = static_cast<int32_t>(slc_len);
   p.scale = static_cast<float>(scale);
-  p.dtype = dtype == at::kBFloat16 ? nsa_cuda::DType::kBFloat16 : nsa_cuda::DType::kFloat16;
+  p.dtype = dtype == at::kBFloat16 ? nsa_cuda::DType::kBFloat16
+            : dtype == at::kHalf    ? nsa_cuda::DType::kFloat16
+                                    : nsa_cuda::DType::kFloat32;
 
   const c10::cuda::CUDAGuard guard(q.device());
   const cudaError_t err = nsa_cuda::selected_attention_forward(p, c10::cuda::getCurrentCUDAStream());

@@ -6,11 +6,12 @@
 
 namespace nsa_cuda {
 
-enum class DType : int32_t { kBFloat16 = 0, kFloat16 = 1 };
+enum class DType : int32_t { kBFloat16 = 0, kFloat16 = 1, kFloat32 = 2 };
 
 // The selected branch (Eq. 12) of one batch of equal-length sequences.
-// q [B, T, HQ, dk], k [B, T, H, dk], v [B, T, H, dv] in `dtype`; indices [B, T, H, n] int32,
-// ascending, -1 padded; o [B, T, HQ, dv] and lse [B, T, HQ] float32 (they may be strided views).
+// q [B, T, HQ, dk], k [B, T, H, dk], v [B, T, H, dv] in `dtype` (float32 takes the CUDA-core
+// path); indices [B, T, H, n] int32, ascending, -1 padded; o [B, T, HQ, dv] and lse [B, T, HQ]
+// float32 (they may be strided views).
 // The last dim of every array has unit stride. HQ = H * group.
 struct SelectedParams {
   const void* q;

@@ -17,6 +17,7 @@ constexpr int kDimTiles[] = {64, 128, 256};  // head dims are padded to the firs
 constexpr int kMaxGridY = 65535;
 static_assert(kMaxGroup == kRows, "select.h's group limit is one CTA's query rows");
 static_assert(kMaxHeadDim == kDimTiles[2], "select.h's head-dim limit is the largest tile");
+static_assert(kMaxHeadDim == 8 * kWarpSize, "the float32 path holds 8 columns per lane at most");
 
 bool aligned(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % kCopyBytes == 0; }
 
@@ -58,6 +59,23 @@ cudaError_t launch_dtype(const SelectedParams& p, cudaStream_t stream) {
   return cudaErrorInvalidValue;
 }
 
+// The float32 path: kPerLane = head-dim columns per lane, the fewest that hold max(dk, dv).
+template <int kPerLane>
+cudaError_t launch_float32_lanes(const SelectedParams& p, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(p.tokens), static_cast<unsigned>(p.batch * p.heads_kv));
+  selected_attention_fwd_float32<kPerLane><<<grid, kFloat32Warps * kWarpSize, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_float32(const SelectedParams& p, cudaStream_t stream) {
+  const int dim = p.dk > p.dv ? p.dk : p.dv;
+  if (dim <= kWarpSize) return launch_float32_lanes<1>(p, stream);
+  if (dim <= 2 * kWarpSize) return launch_float32_lanes<2>(p, stream);
+  if (dim <= 4 * kWarpSize) return launch_float32_lanes<4>(p, stream);
+  if (dim <= 8 * kWarpSize) return launch_float32_lanes<8>(p, stream);
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace
 
 cudaError_t selected_attention_forward(const SelectedParams& p, cudaStream_t stream) {
@@ -71,6 +89,8 @@ cudaError_t selected_attention_forward(const SelectedParams& p, cudaStream_t str
       return launch_dtype<__nv_bfloat16>(p, stream);
     case DType::kFloat16:
       return launch_dtype<__half>(p, stream);
+    case DType::kFloat32:
+      return launch_float32(p, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -11,7 +11,7 @@
 // warp order through shared memory: no atomics, so the result is bitwise deterministic.
 //
 // Head dims are padded to kDim (64, 128 or 256); the mma steps over padded columns are skipped,
-// the padded shared columns are zero.
+// the padded shared columns are zero. float32 inputs take `selected_attention_fwd_float32` below.
 #pragma once
 
 #include "mma.cuh"
@@ -282,6 +282,84 @@ __global__ void __launch_bounds__(kMaxWarps* kWarpSize)
       if (m != kNegInf) sum += sum_s[w * kRows + row] * exp2f(m - top);
     }
     lse[row * p.lse_stride_h] = sum > 0.0f ? (top + log2f(sum)) * kLn2 : kNegInf;
+  }
+}
+
+// The float32 path, for tests and references (no tensor cores): the same CTA per (token, batch,
+// kv head); warp w takes the group's heads w, w + warps, ...; each lane holds the head-dim columns
+// lane + 32 j (j < kPerLane) of q and of the output; keys are walked one at a time with float32
+// FMAs, a warp-shuffle sum for q.k, and an online softmax in float32 (natural-log domain).
+constexpr int kFloat32Warps = 4;  // min blocks 1 below: without it ptxas held kPerLane=1 to 32 registers
+
+template <int kPerLane>
+__global__ void __launch_bounds__(kFloat32Warps* kWarpSize, 1)
+    selected_attention_fwd_float32(const SelectedParams p) {
+  static_assert(kPerLane >= 1 && kPerLane * kWarpSize <= 256, "head dims up to 256");
+  constexpr float kNegInf = -__builtin_huge_valf();
+  const int warps = blockDim.x / kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+
+  const int64_t t = blockIdx.x;
+  const int64_t b = blockIdx.y / p.heads_kv;
+  const int64_t h = blockIdx.y % p.heads_kv;
+  if (t >= p.tokens || b >= p.batch) return;
+  const float* k = static_cast<const float*>(p.k) + b * p.k_stride_b + h * p.k_stride_h;
+  const float* v = static_cast<const float*>(p.v) + b * p.v_stride_b + h * p.v_stride_h;
+  const int32_t* idx = p.indices + b * p.idx_stride_b + t * p.idx_stride_t + h * p.idx_stride_h;
+
+  for (int g = warp; g < p.group; g += warps) {
+    const int64_t hq = h * p.group + g;
+    const float* q =
+        static_cast<const float*>(p.q) + b * p.q_stride_b + t * p.q_stride_t + hq * p.q_stride_h;
+    float qv[kPerLane];   // q [dk]: this lane's columns
+    float acc[kPerLane];  // o [dv]: this lane's columns
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int col = lane + j * kWarpSize;
+      qv[j] = col < p.dk ? q[col] : 0.0f;
+      acc[j] = 0.0f;
+    }
+    float row_max = kNegInf, row_sum = 0.0f;
+    for (int slot = 0; slot < p.top_n; ++slot) {
+      const int64_t blk = idx[slot];
+      if (blk < 0) continue;
+      const int64_t lo = blk * p.slc_len;
+      const int64_t hi = lo + p.slc_len < t + 1 ? lo + p.slc_len : t + 1;  // keys <= t
+      for (int64_t pos = lo; pos < hi; ++pos) {
+        float s = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kPerLane; ++j) {
+          const int col = lane + j * kWarpSize;
+          if (col < p.dk) s = fmaf(qv[j], k[pos * p.k_stride_t + col], s);
+        }
+#pragma unroll
+        for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+          s += __shfl_xor_sync(0xffffffffu, s, offset);
+        }
+        s *= p.scale;
+        const float new_max = fmaxf(row_max, s);
+        const float alpha = expf(row_max - new_max);  // 0 at the first key (row_max = -inf)
+        const float weight = expf(s - new_max);
+        row_sum = row_sum * alpha + weight;
+#pragma unroll
+        for (int j = 0; j < kPerLane; ++j) {
+          const int col = lane + j * kWarpSize;
+          if (col < p.dv) acc[j] = fmaf(weight, v[pos * p.v_stride_t + col], acc[j] * alpha);
+        }
+        row_max = new_max;
+      }
+    }
+    float* o = p.o + b * p.o_stride_b + t * p.o_stride_t + hq * p.o_stride_h;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int col = lane + j * kWarpSize;
+      if (col < p.dv) o[col] = row_sum > 0.0f ? acc[j] / row_sum : 0.0f;
+    }
+    if (lane == 0) {
+      p.lse[b * p.lse_stride_b + t * p.lse_stride_t + hq * p.lse_stride_h] =
+          row_sum > 0.0f ? row_max + logf(row_sum) : kNegInf;
+    }
   }
 }
 

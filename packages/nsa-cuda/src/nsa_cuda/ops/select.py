@@ -15,7 +15,8 @@ from torch import Tensor
 
 from nsa_cuda.build import extension
 
-DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+"""Tensor cores (mma.sync) for the half-precision types; float32 takes a CUDA-core path (tests)."""
 MAX_GROUP = 16  # select.h kMaxGroup: the G heads of a group are one CTA's 16 mma rows
 MAX_HEAD_DIM = 256  # select.h kMaxHeadDim: the largest head-dim tile
 MAX_BATCH_HEADS = 65535  # select.cu kMaxGridY: B * H CTAs along the grid's y axis
@@ -25,8 +26,7 @@ def limit_reasons(heads_q: int, heads_kv: int, dk: int, dv: int, dtype: str, bat
     """Why the kernel cannot run this shape and dtype (each line names the value and the limit)."""
     reasons = []
     if dtype not in DTYPES.values():
-        reasons.append(f"dtype={dtype!r}: the kernel multiplies on tensor cores in bfloat16 or float16 "
-                       f"only (float32: use backend 'triton')")
+        reasons.append(f"dtype={dtype!r}: the kernels take {sorted(DTYPES.values())}")
     group = heads_q // heads_kv
     if not 1 <= group <= MAX_GROUP:
         reasons.append(f"group size G=HQ/H={group}: one CTA holds G <= {MAX_GROUP} query rows")
