@@ -6,6 +6,7 @@
 #   2. compute-sanitizer memcheck, racecheck and synccheck on small cases of the cuda kernel alone
 #      (PyTorch's caching allocator off, so an out-of-bounds access leaves its own allocation);
 # and print the table last. Logs and results go to $OUT; the build cache to $NSA_CUDA_CACHE.
+# NSA_CUDA_NCU=1 adds an ncu profile (speed of light, memory) of both selected kernels at T=16k.
 #
 #   bash scripts/device-cuda.sh [T ...]
 #
@@ -46,6 +47,11 @@ for tool in memcheck racecheck synccheck; do
     [ "$rc" -eq 0 ] || status=1
 done
 
+if [ "${NSA_CUDA_NCU:-0}" != 0 ]; then  # optional: ncu of both selected kernels at T=16k
+    timeout 150 ncu --kernel-name regex:'selected_attention_fwd|_slc_fwd' --launch-count 2 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis python3 "$check" --profile 16384 \
+        > "$OUT/ncu-selected.txt" 2>&1 || echo "ncu: rc=$? (see ncu-selected.txt)"
+fi
 echo "total: $(( $(date +%s) - start )) s"
 echo
 printf '%s\n' "${sanitizers[@]}"

@@ -11,6 +11,7 @@
 
     python packages/nsa-cuda/benchmarks/check_selected.py [--tokens 16384 65536] [--out DIR]
     python packages/nsa-cuda/benchmarks/check_selected.py --sanitize   # small cases, cuda kernel only
+    python packages/nsa-cuda/benchmarks/check_selected.py --profile T  # one call of each kernel, for ncu
 """
 
 from __future__ import annotations
@@ -209,6 +210,19 @@ def sanitize() -> None:
             print(f"sanitize {case} {dtype}: finite={finite}", flush=True)
 
 
+def profile(T: int) -> None:
+    """The cuda and triton selected kernels once each at the paper shape, for ncu."""
+    from nsa_triton.ops.select import selected_attention as triton_selected
+    from nsa_triton.ops.select import top_n
+
+    cfg = _paper_config()
+    x = _paper_inputs(T)
+    idx = top_n(torch.rand(1, T, PAPER["H"], -(-T // cfg.slc_len), device="cuda"), cfg)
+    s = {"cfg": cfg, "idx": idx, "q": x.q, "k": x.k_slc, "v": x.v_slc}
+    for kernel in (cuda_selected, triton_selected):
+        _run(kernel, s, 1, T, PAPER["HQ"], PAPER["D"])
+
+
 def table(oracle: list[dict], paper: list[dict]) -> str:
     bad = [r for r in oracle if not r["ok"]]
     worst = max(oracle, key=lambda r: r["cuda_o"] / (r["triton_o"] + 1e-12))
@@ -237,9 +251,13 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, nargs="*", default=[16384, 65536])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--sanitize", action="store_true")
+    parser.add_argument("--profile", type=int, default=None, metavar="T")
     args = parser.parse_args()
     if args.sanitize:
         sanitize()
+        return 0
+    if args.profile is not None:
+        profile(args.profile)
         return 0
     oracle = oracle_checks()
     paper = paper_checks(args.tokens)
