@@ -17,9 +17,7 @@ from types import ModuleType
 import torch
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("binding.cpp", "select.cu")
-KERNEL_SOURCES = ("select.cu",)
-"""The framework-free translation units (CI compiles them alone with nvcc: `nox -s cuda-compile`)."""
+SOURCES = ("binding.cpp", "select.cu")  # every .cu is also compiled alone in CI (`nox -s cuda-compile`)
 CXX_FLAGS = ("-O3",)  # no -std: the one torch builds extensions with (C++20 in torch 2.13)
 NVCC_FLAGS = ("-O3", "-lineinfo")
 CACHE_ENV = "NSA_CUDA_CACHE"
