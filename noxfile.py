@@ -271,7 +271,8 @@ def docs(session: nox.Session) -> None:
     _ensure_chromium(session)
     # nsa-torch with transformers: the API coverage test imports nsa_torch.integrations.transformers.
     packages = [f"-e./{p}{extra}" for p, extra in
-                (("packages/nsa-torch", "[transformers]"), ("packages/nsa-triton", ""), ("conformance", ""))
+                (("packages/nsa-torch", "[transformers]"), ("packages/nsa-triton", ""),
+                 ("packages/nsa-cuda", ""), ("conformance", ""))
                 if os.path.isdir(p)]
     session.install(*CONSTRAINTS, SPEC, *packages, *DOCS_DEPS)
     session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})

@@ -64,7 +64,7 @@ class CudaBackend:
             varlen=True,
             deterministic=True,
             min_compute_capability=MIN_COMPUTE_CAPABILITY,
-            saves=frozenset({"lse", "indices", "branch_o"}),
+            saves=frozenset({"lse", "indices", "branch_o"}),  # what triton's backward needs
             notes=dict(NOTES),
         )
 
