@@ -10,6 +10,7 @@ lack of a GPU or a toolchain: `unavailable_reason` says which is missing, and
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import torch
@@ -107,12 +108,18 @@ class CudaBackend:
     to_numpy = TorchBackend.to_numpy
 
 
-def _triton_stage_reasons(problem: Problem) -> list[str]:
-    """What the triton backend refuses of the same forward (its stages run inside this one); []
-    when triton cannot be imported, which `unavailable_reason` reports instead."""
+@functools.cache
+def _triton_backend() -> Any:
+    """The triton backend whose stages this one composes, or None when triton cannot be imported
+    (which `unavailable_reason` reports)."""
     try:
         from nsa_triton.backend import TritonBackend
     except ImportError:
-        return []
-    triton_problem = dataclasses.replace(problem, op="forward")
-    return TritonBackend().not_supported_reasons(triton_problem)
+        return None
+    return TritonBackend()
+
+
+def _triton_stage_reasons(problem: Problem) -> list[str]:
+    """What the triton backend refuses of the same forward (its stages run inside this one)."""
+    triton = _triton_backend()
+    return [] if triton is None else triton.not_supported_reasons(dataclasses.replace(problem, op="forward"))
