@@ -29,11 +29,27 @@ from torch import Tensor
 from nsa_triton.ops.combine import combine_backward
 from nsa_triton.ops.compress import compressed_attention, compressed_attention_backward, importance_scores
 from nsa_triton.ops.select import selected_attention, selected_attention_backward, top_n
+from nsa_triton.ops.selected_blockwise import selected_attention_blockwise, supports
 from nsa_triton.ops.window import window_attention, window_attention_backward
 
 SelectedStage = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, NSAConfig, float], None]
 """The selected branch as `select.selected_attention` takes it: (q, k_slc, v_slc, indices int32,
 o float32 view, lse float32 view, config, scale), writing o and lse."""
+
+
+BLOCKWISE_MAX_GROUP = 32
+"""Group sizes up to this run the selected forward block by block (`selected_blockwise`), larger
+ones token by token (`select.selected_attention`); set from prefill-groups on the H200."""
+
+
+def selected_forward(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Tensor, lse: Tensor,
+                     config: NSAConfig, scale: float) -> None:
+    """Triton's selected stage (a `SelectedStage`): block by block where the block's keys fit
+    resident and G <= BLOCKWISE_MAX_GROUP, else token by token."""
+    if supports(config) and q.shape[2] // k_slc.shape[2] <= BLOCKWISE_MAX_GROUP:
+        selected_attention_blockwise(q, k_slc, v_slc, indices, o, lse, config, scale)
+    else:
+        selected_attention(q, k_slc, v_slc, indices, o, lse, config, scale)
 
 
 def _rows_contiguous(x: Tensor) -> Tensor:
@@ -63,7 +79,7 @@ def _sequence(a: dict[str, Tensor], config: NSAConfig,
 
 
 def nsa_attention(inputs: NSAInputs, config: NSAConfig,
-                  selected: SelectedStage = selected_attention) -> NSAOutput:
+                  selected: SelectedStage = selected_forward) -> NSAOutput:
     """NSA forward on the kernel contract -> `NSAOutput` (o in q's dtype, lse float32, indices
     long, branch_o float32), the selected branch computed by `selected`. Inputs are checked as
     `nsa_torch.ops.nsa.nsa_attention` checks them."""
