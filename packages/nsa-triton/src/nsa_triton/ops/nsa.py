@@ -29,7 +29,7 @@ from torch import Tensor
 from nsa_triton.ops.combine import combine_backward
 from nsa_triton.ops.compress import compressed_attention, compressed_attention_backward, importance_scores
 from nsa_triton.ops.select import selected_attention, selected_attention_backward, top_n
-from nsa_triton.ops.selected_blockwise import selected_attention_blockwise, supports
+from nsa_triton.ops.selected_blockwise import selected_attention_blockwise, selected_dq_blockwise, supports
 from nsa_triton.ops.window import window_attention, window_attention_backward
 
 SelectedStage = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, NSAConfig, float], None]
@@ -43,14 +43,17 @@ ones token by token (`select.selected_attention`). H200, T = 32k, HQ = 64 (compa
 block by block is 4.27x / 3.02x / 2.14x / 1.37x faster at G = 1 / 2 / 4 / 8 and 0.71x at G = 16."""
 
 
+def _blockwise(q: Tensor, k_slc: Tensor, config: NSAConfig) -> bool:
+    """Whether the selected branch runs block by block: the block's keys fit resident and
+    G <= BLOCKWISE_MAX_GROUP."""
+    return supports(config) and q.shape[2] // k_slc.shape[2] <= BLOCKWISE_MAX_GROUP
+
+
 def selected_forward(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Tensor, lse: Tensor,
                      config: NSAConfig, scale: float) -> None:
-    """Triton's selected stage (a `SelectedStage`): block by block where the block's keys fit
-    resident and G <= BLOCKWISE_MAX_GROUP, else token by token."""
-    if supports(config) and q.shape[2] // k_slc.shape[2] <= BLOCKWISE_MAX_GROUP:
-        selected_attention_blockwise(q, k_slc, v_slc, indices, o, lse, config, scale)
-    else:
-        selected_attention(q, k_slc, v_slc, indices, o, lse, config, scale)
+    """Triton's selected stage (a `SelectedStage`): block by block or token by token (`_blockwise`)."""
+    stage = selected_attention_blockwise if _blockwise(q, k_slc, config) else selected_attention
+    stage(q, k_slc, v_slc, indices, o, lse, config, scale)
 
 
 def _rows_contiguous(x: Tensor) -> Tensor:
@@ -109,7 +112,7 @@ def _sequence_backward(a: dict[str, Tensor], out: NSAOutput, grad_o: Tensor,
     )
     dk_slc, dv_slc = selected_attention_backward(
         q, a["k_slc"], a["v_slc"], out.indices, grad_o, gates[..., 1], lse[..., 1], delta[..., 1], dq,
-        config, scale,
+        config, scale, dq_stage=selected_dq_blockwise if _blockwise(q, a["k_slc"], config) else None,
     )
     dk_win, dv_win = window_attention_backward(
         q, a["k_win"], a["v_win"], grad_o, gates[..., 2], lse[..., 2], delta[..., 2], dq, config, scale

@@ -23,6 +23,8 @@ through a prefix sum, -1 padded.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -395,25 +397,19 @@ def _dkdv_tiles(group: int, dims: int, block: int, elt: int) -> tuple[int, int, 
     return keys, bt, gp, _staged_fit(bt * gp, keys, dims, elt) or 1
 
 
-def selected_attention_backward(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, grad_o: Tensor,
-                                gate: Tensor, lse: Tensor, delta: Tensor, dq: Tensor, config: NSAConfig,
-                                scale: float, chunk_tokens: int = BWD_CHUNK_TOKENS) -> tuple[Tensor, Tensor]:
-    """Backward of the selected branch: add its share to dq [B, T, HQ, dk] (float32, in place) and
-    return (dk_slc [B, T, H, dk], dv_slc [B, T, H, dv]) in float32.
+DqStage = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, NSAConfig, float],
+                   None]
+"""A selected-branch dq pass: (q, k_slc, v_slc, indices, grad_o, gate, lse, delta, dq, config, scale)
+adding the branch's share to dq in place (float32)."""
 
-    q [B, T, HQ, dk], k_slc/v_slc [B, T, H, dk|dv], indices [B, T, H, n] as the forward selected
-    them, grad_o [B, T, HQ, dv] (the gradient of the gated o), gate [B, T, HQ] (the activated
-    selected gate), lse [B, T, HQ] (the forward's selected log-sum-exp) and delta [B, T, HQ] =
-    rowsum(gate * grad_o * o_slc), float32; views with any strides. Deterministic (no atomics);
-    `chunk_tokens` caps the token list one dk/dv program walks."""
+
+def selected_dq(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, grad_o: Tensor, gate: Tensor,
+                lse: Tensor, delta: Tensor, dq: Tensor, config: NSAConfig, scale: float) -> None:
+    """The selected branch's share of dq, token by token (a `DqStage`): one program per (token, kv
+    head), the G heads as rows, walking the token's n blocks in key tiles."""
     B, T, HQ, dk = q.shape
     H, dv = k_slc.shape[2], v_slc.shape[3]
-    G = HQ // H
-    n = indices.shape[3]
-    l_slc = config.slc_len
-    n_blocks = triton.cdiv(T, l_slc)
-    q, k_slc, v_slc, grad_o = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k_slc, v_slc, grad_o))
-    indices = indices.contiguous()
+    G, n, l_slc = HQ // H, indices.shape[3], config.slc_len
     dkp, dvp, bl = padded(dk), padded(dv), padded(l_slc)
     prec, interp = dot_precision(q.dtype), interpreted()
     keys, stages = _dq_tiles(G, dkp + dvp, bl, q.element_size())
@@ -426,6 +422,32 @@ def selected_attention_backward(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices
         dq.stride(2), H, G, dk, dv, scale, N_SEL=n, L_SLC=l_slc, BK=keys, NSUB=bl // keys, GP=padded(G),
         DKP=dkp, DVP=dvp, PREC=prec, INTERP=interp, num_warps=BWD_WARPS, num_stages=stages,
     )
+
+
+def selected_attention_backward(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, grad_o: Tensor,
+                                gate: Tensor, lse: Tensor, delta: Tensor, dq: Tensor, config: NSAConfig,
+                                scale: float, chunk_tokens: int = BWD_CHUNK_TOKENS,
+                                dq_stage: DqStage | None = None) -> tuple[Tensor, Tensor]:
+    """Backward of the selected branch: add its share to dq [B, T, HQ, dk] (float32, in place) and
+    return (dk_slc [B, T, H, dk], dv_slc [B, T, H, dv]) in float32.
+
+    q [B, T, HQ, dk], k_slc/v_slc [B, T, H, dk|dv], indices [B, T, H, n] as the forward selected
+    them, grad_o [B, T, HQ, dv] (the gradient of the gated o), gate [B, T, HQ] (the activated
+    selected gate), lse [B, T, HQ] (the forward's selected log-sum-exp) and delta [B, T, HQ] =
+    rowsum(gate * grad_o * o_slc), float32; views with any strides. Deterministic (no atomics);
+    `chunk_tokens` caps the token list one dk/dv program walks; `dq_stage` computes dq's share (default
+    `selected_dq`, token by token; `selected_blockwise.selected_dq_blockwise` block by block)."""
+    B, T, HQ, dk = q.shape
+    H, dv = k_slc.shape[2], v_slc.shape[3]
+    G = HQ // H
+    n = indices.shape[3]
+    l_slc = config.slc_len
+    n_blocks = triton.cdiv(T, l_slc)
+    q, k_slc, v_slc, grad_o = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k_slc, v_slc, grad_o))
+    indices = indices.contiguous()
+    dkp, dvp, bl = padded(dk), padded(dv), padded(l_slc)
+    prec, interp = dot_precision(q.dtype), interpreted()
+    (dq_stage or selected_dq)(q, k_slc, v_slc, indices, grad_o, gate, lse, delta, dq, config, scale)
     offsets, tokens = selecting_tokens(indices, n_blocks)
     pieces, extra = token_chunks(offsets, chunk_tokens, T * n)
     n_more = pieces.shape[2] - n_blocks
