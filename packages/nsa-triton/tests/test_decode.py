@@ -163,8 +163,10 @@ def test_invalid_cache_shapes_raise():
         run(s, cache, [30], CFG)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(),
-                    reason="CUDA graphs need a CUDA device (on the CPU the kernels run under Triton's interpreter)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="CUDA graphs need a CUDA device (on the CPU the kernels run under Triton's interpreter)",
+)
 def test_cuda_graph_replays_new_lengths():
     """Captured once, replayed with other lengths and queries written into the same tensors: the
     same result as an eager step on them (the grid does not depend on the lengths' values)."""

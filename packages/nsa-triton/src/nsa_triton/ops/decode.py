@@ -364,7 +364,9 @@ def _merge_combine(PM, PD, PA, CNT, GATES, O, LSE, READS, sg_b, sg_h, sg_c, so_b
 
 def _check(name: str, x: Tensor, shape: tuple[int, ...], rule: str) -> None:
     if tuple(x.shape) != shape:
-        raise InvalidInputError(f"{name} must have shape {list(shape)} ({rule}): {name}.shape={tuple(x.shape)}")
+        raise InvalidInputError(
+            f"{name} must have shape {list(shape)} ({rule}): {name}.shape={tuple(x.shape)}"
+        )
 
 
 def _validate(q: Tensor, gates: Tensor, k_cmp: Tensor, v_cmp: Tensor, k_slc: Tensor, v_slc: Tensor,
@@ -405,12 +407,17 @@ def _validate(q: Tensor, gates: Tensor, k_cmp: Tensor, v_cmp: Tensor, k_slc: Ten
                     ("k_win", k_win), ("v_win", v_win)):
         if x.dtype != q.dtype or x.device != q.device:
             raise InvalidInputError(
-                f"{name} must have q's dtype {q.dtype} and device {q.device}: {name} is {x.dtype} on {x.device}"
+                f"{name} must have q's dtype {q.dtype} and device {q.device}: {name} is {x.dtype} "
+                f"on {x.device}"
             )
         if x.stride(-1) != 1:
-            raise InvalidInputError(f"{name} must have unit stride in its last dim: {name}.stride()={x.stride()}")
+            raise InvalidInputError(
+                f"{name} must have unit stride in its last dim: {name}.stride()={x.stride()}"
+            )
     if HQ // H > MAX_GROUP:
-        raise UnsupportedError(f"the triton decode step holds a group in one tile: G=HQ/H={HQ // H} > {MAX_GROUP}")
+        raise UnsupportedError(
+            f"the triton decode step holds a group in one tile: G=HQ/H={HQ // H} > {MAX_GROUP}"
+        )
     blocks = triton.cdiv(C, config.slc_len)
     if blocks > TOP_N_MAX_BLOCKS:
         raise UnsupportedError(
