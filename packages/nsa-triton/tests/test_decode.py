@@ -19,8 +19,11 @@ from nsa_triton.ops.decode import DecodeTiles, decode_attention
 
 CFG = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=16, top_n=3, window=16)
 WIDE = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=16, top_n=5, window=40)
+ODD = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=12, top_n=4, window=20)
 SPLIT = DecodeTiles(programs=64, split_keys=8, cmp_tokens=8, win_keys=16)
-"""Small tiles: several compressed tiles per split, several splits per branch, partial tiles."""
+"""Small tiles: several splits per branch, compressed tiles of 8 tokens in 16 rows."""
+FEW = DecodeTiles(programs=4, split_keys=8, cmp_tokens=8, win_keys=16)
+"""Small tiles, few splits: several compressed tiles, window tiles and selected blocks per split."""
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -106,8 +109,11 @@ def check(got, want, lengths, config):
     ("HQ", "H", "dk", "dv", "lengths", "config", "tiles"),
     [(2, 2, 16, 8, [1, 37, 200], CFG, None), (2, 2, 16, 8, [1, 37, 200], CFG, SPLIT),
      (4, 2, 8, 16, [8, 64, 129], CFG, SPLIT), (4, 1, 16, 8, [5, 150, 191], CFG, None),
-     (4, 1, 16, 8, [7, 97, 203], WIDE, SPLIT), (8, 2, 8, 16, [16, 40, 180], WIDE, None)],
-    ids=["G1-default", "G1-split", "G2-split", "G4-default", "G4-wide-split", "G4-wide-default"],
+     (4, 1, 16, 8, [7, 97, 203], WIDE, SPLIT), (8, 2, 8, 16, [16, 40, 180], WIDE, None),
+     (4, 1, 8, 16, [2, 100, 207], WIDE, FEW), (4, 2, 16, 8, [11, 60, 199], ODD, None),
+     (4, 2, 16, 8, [11, 60, 199], ODD, FEW)],
+    ids=["G1-default", "G1-split", "G2-split", "G4-default", "G4-wide-split", "G4-wide-default",
+         "G4-wide-few", "G2-odd-default", "G2-odd-few"],
 )
 def test_decode_matches_reference(HQ, H, dk, dv, lengths, config, tiles):
     """Three sequences of their own lengths (below l, at block edges, long): o, lse, indices at the
