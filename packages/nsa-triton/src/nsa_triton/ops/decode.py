@@ -57,6 +57,9 @@ WIN_TILE_KEYS = 64
 MERGE_ROWS = 16
 """Partials a merge folds per step."""
 WARPS = 4
+SELECT_ELEMENTS = 4096
+"""Score elements (heads x blocks) the select kernel loads per step: the heads of a group are
+walked SELECT_ELEMENTS // blocks at a time."""
 SELECT_WIDE_ROW = 4096
 """Score rows of more (padded) blocks than this take SELECT_WIDE_WARPS."""
 SELECT_WIDE_WARPS = 8
@@ -237,10 +240,10 @@ def _split_cmp_win(Q, K_CMP, V_CMP, K_WIN, V_WIN, LENGTHS, PM, PD, PA, CNT, SP, 
 
 
 @triton.jit
-def _select(LENGTHS, PM, PD, SP, SMAX, IDX, si_b, si_h, H, C, TILES, G: tl.constexpr, P_CMP: tl.constexpr,
-            P_ALL: tl.constexpr, PCP: tl.constexpr, L_CMP: tl.constexpr, D_CMP: tl.constexpr,
-            L_SLC: tl.constexpr, TT: tl.constexpr, BJ: tl.constexpr, NBP: tl.constexpr,
-            N_SEL: tl.constexpr, NP: tl.constexpr):
+def _select(LENGTHS, PM, PD, SP, SMAX, IDX, si_b, si_h, H, C, TILES, G: tl.constexpr, GC: tl.constexpr,
+            P_CMP: tl.constexpr, P_ALL: tl.constexpr, PCP: tl.constexpr, L_CMP: tl.constexpr,
+            D_CMP: tl.constexpr, L_SLC: tl.constexpr, TT: tl.constexpr, BJ: tl.constexpr,
+            NBP: tl.constexpr, N_SEL: tl.constexpr, NP: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
     h = bh % H
@@ -248,26 +251,30 @@ def _select(LENGTHS, PM, PD, SP, SMAX, IDX, si_b, si_h, H, C, TILES, G: tl.const
     n_tiles = tl.cdiv(_n_cmp(S, L_CMP, D_CMP), TT)
     c = (S - 1) // L_SLC
     j = tl.arange(0, NBP)
-    t = (j // BJ).to(tl.int64)  # [NBP] the tile holding block j's own tokens
-    first = j % BJ == 0
-    own = (j <= c) & (t < n_tiles)
-    spill = (j <= c) & first & (t >= 1) & (t - 1 < n_tiles)  # the left tile's last tokens
+    t = (j // BJ).to(tl.int64)[None, :]  # [1, NBP] the tile holding block j's own tokens
+    jj = (j % BJ)[None, :]
+    own = (j <= c)[None, :] & (t < n_tiles)
+    spill = (j <= c)[None, :] & (jj == 0) & (t >= 1) & (t - 1 < n_tiles)  # the left tile's last token
     sp = SP + bh * TILES * G * (BJ + 1)
     smax = SMAX + bh * TILES * G
-    split = tl.arange(0, PCP)
+    split = tl.arange(0, PCP)[None, :]
+    parts = PM + bh * P_ALL * G + split * G
+    dens = PD + bh * P_ALL * G + split * G
     score = tl.zeros([NBP], tl.float32)
-    for g in range(0, G):
-        pm = tl.load(PM + bh * P_ALL * G + split * G + g, mask=split < P_CMP, other=float("-inf"))  # [PCP]
-        pd = tl.load(PD + bh * P_ALL * G + split * G + g, mask=split < P_CMP, other=0.0)  # [PCP]
-        m_g = tl.max(pm, 0)
-        base = tl.where(m_g == float("-inf"), 0.0, m_g)
-        den_g = tl.sum(pd * tl.exp(pm - base), 0)
-        main = tl.load(sp + (t * G + g) * (BJ + 1) + j % BJ, mask=own, other=0.0)  # [NBP]
-        m_main = tl.load(smax + t * G + g, mask=own, other=float("-inf"))  # [NBP]
-        left = tl.load(sp + ((t - 1) * G + g) * (BJ + 1) + BJ, mask=spill, other=0.0)  # [NBP]
-        m_left = tl.load(smax + (t - 1) * G + g, mask=spill, other=float("-inf"))  # [NBP]
-        part = main * tl.exp(m_main - base) + left * tl.exp(m_left - base)
-        score += part / tl.where(den_g > 0, den_g, 1.0)
+    for g0 in range(0, G, GC):
+        g = g0 + tl.arange(0, GC)[:, None]  # [GC, 1] GC heads at a time
+        g_ok = g < G
+        pm = tl.load(parts + g, mask=g_ok & (split < P_CMP), other=float("-inf"))  # [GC, PCP]
+        pd = tl.load(dens + g, mask=g_ok & (split < P_CMP), other=0.0)  # [GC, PCP]
+        m_g = tl.max(pm, 1)  # [GC]
+        base = tl.where(m_g == float("-inf"), 0.0, m_g)[:, None]  # [GC, 1]
+        den_g = tl.sum(pd * tl.exp(pm - base), 1)  # [GC]
+        main = tl.load(sp + (t * G + g) * (BJ + 1) + jj, mask=own & g_ok, other=0.0)  # [GC, NBP]
+        m_main = tl.load(smax + t * G + g, mask=own & g_ok, other=float("-inf"))  # [GC, NBP]
+        left = tl.load(sp + ((t - 1) * G + g) * (BJ + 1) + BJ, mask=spill & g_ok, other=0.0)  # [GC, NBP]
+        m_left = tl.load(smax + (t - 1) * G + g, mask=spill & g_ok, other=float("-inf"))  # [GC, NBP]
+        part = main * tl.exp(m_main - base) + left * tl.exp(m_left - base)  # [GC, NBP]
+        score += tl.sum(part / tl.where(den_g > 0, den_g, 1.0)[:, None], 0)
     top_n_row(score, j, c, IDX + b * si_b + h * si_h, N_SEL, NP)
 
 
@@ -486,7 +493,8 @@ def decode_attention(q: Tensor, gates: Tensor, k_cmp: Tensor, v_cmp: Tensor, k_s
     nbp = triton.next_power_of_2(triton.cdiv(C, l_slc))
     _select[(B * H,)](
         lengths, pm, pd, sp, smax, indices, indices.stride(0), indices.stride(1), H, C, n_tiles, G=G,
-        P_CMP=p_cmp, P_ALL=p_all, PCP=triton.next_power_of_2(p_cmp), NBP=nbp, N_SEL=n,
+        GC=min(triton.next_power_of_2(G), max(1, SELECT_ELEMENTS // nbp)), P_CMP=p_cmp, P_ALL=p_all,
+        PCP=triton.next_power_of_2(p_cmp), NBP=nbp, N_SEL=n,
         NP=triton.next_power_of_2(n), num_warps=WARPS if nbp <= SELECT_WIDE_ROW else SELECT_WIDE_WARPS,
         **blocks,
     )
