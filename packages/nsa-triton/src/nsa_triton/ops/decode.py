@@ -433,9 +433,9 @@ def _validate(q: Tensor, gates: Tensor, k_cmp: Tensor, v_cmp: Tensor, k_slc: Ten
         )
 
 
-def _share(total: int, fill: int, tiles: DecodeTiles) -> int:
-    """Programs for `total` key rows: `fill`, but at least `tiles.split_keys` rows each."""
-    return max(1, min(fill, triton.cdiv(total, tiles.split_keys)))
+def _rows_per_split(total: int, fill: int, tiles: DecodeTiles) -> int:
+    """Key rows per program when `fill` programs share `total` rows, at least `tiles.split_keys`."""
+    return max(tiles.split_keys, triton.cdiv(total, fill))
 
 
 def decode_attention(q: Tensor, gates: Tensor, k_cmp: Tensor, v_cmp: Tensor, k_slc: Tensor, v_slc: Tensor,
@@ -461,11 +461,12 @@ def decode_attention(q: Tensor, gates: Tensor, k_cmp: Tensor, v_cmp: Tensor, k_s
     bj = max(1, tiles.cmp_tokens // per_block)  # blocks per compressed tile
     tt = bj * per_block
     n_tiles = max(1, triton.cdiv(c_cmp, tt))
-    p_cmp = min(_share(c_cmp, fill, tiles), n_tiles)
+    per = _rows_per_split(c_cmp + w, fill, tiles)  # the first launch shares cmp and window rows
+    p_cmp = max(1, min(triton.cdiv(c_cmp, per), n_tiles))
     bw = tiles.win_keys
-    wch = triton.cdiv(triton.cdiv(w, _share(w, fill, tiles)), bw) * bw  # window positions per split
+    wch = triton.cdiv(triton.cdiv(w, triton.cdiv(w, per)), bw) * bw  # window positions per split
     p_win = triton.cdiv(w, wch)
-    spp = triton.cdiv(n, min(_share(n * l_slc, fill, tiles), n))  # selected blocks per split
+    spp = triton.cdiv(n, triton.cdiv(l_slc * n, _rows_per_split(l_slc * n, fill, tiles)))  # blocks per split
     p_slc = triton.cdiv(n, spp)
     p_all = p_cmp + p_win + p_slc
     gp, dkp, dvp = padded(G), padded(dk), padded(dv)
