@@ -154,7 +154,7 @@ def _cmp_tile(t, q, m, den, acc, seen, N, K, V, SP, SMAX, sk_n, sv_n, G, DK, DV,
 
 
 @triton.jit
-def _cmp_split(split, q, S, K, V, SP, SMAX, sk_n, sv_n, G, DK, DV, scale, P_CMP: tl.constexpr,
+def _cmp_split(split, q, S, K, V, SP, SMAX, sk_n, sv_n, G, DK, DV, scale, P_CMP,
                L_CMP: tl.constexpr, D_CMP: tl.constexpr, L_SLC: tl.constexpr, TT: tl.constexpr,
                BJ: tl.constexpr, BN: tl.constexpr, BJP: tl.constexpr, GP: tl.constexpr,
                DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr, EXACT: tl.constexpr,
@@ -185,39 +185,52 @@ def _cmp_split(split, q, S, K, V, SP, SMAX, sk_n, sv_n, G, DK, DV, scale, P_CMP:
 
 
 @triton.jit
-def _win_split(split, q, S, K, V, sk_r, sv_r, W, DK, DV, scale, WCH: tl.constexpr, BW: tl.constexpr,
-               GP: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr,
-               INTERP: tl.constexpr):
+def _win_tile(k0, first, q, m, den, acc, seen, S, K, V, sk_r, sv_r, W, DK, DV, scale, BW: tl.constexpr,
+              DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
+    pos = first + k0 + tl.arange(0, BW)  # [BW] int64
+    ok = pos < S
+    row = pos % W
+    ck = tl.arange(0, DKP)
+    cv = tl.arange(0, DVP)
+    k = tl.load(K + row[:, None] * sk_r + ck[None, :], mask=ok[:, None] & (ck[None, :] < DK),
+                other=0.0)  # [BW, DKP]
+    v = tl.load(V + row[:, None] * sv_r + cv[None, :], mask=ok[:, None] & (cv[None, :] < DV),
+                other=0.0)  # [BW, DVP]
+    m, den, acc = online_step(q, k, v, ok[None, :], m, den, acc, scale, PREC, INTERP)
+    return m, den, acc, seen + ok.to(tl.int32)
+
+
+@triton.jit
+def _win_split(split, q, S, K, V, sk_r, sv_r, W, DK, DV, scale, WCH, BW: tl.constexpr, GP: tl.constexpr,
+               DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
     """Window positions lo + split*WCH .. lo + split*WCH + WCH - 1 (those < S), lo = max(0, S - W),
     read from ring rows p % W."""
     first = tl.maximum(S - W, 0) + split * WCH
-    ck = tl.arange(0, DKP)
-    cv = tl.arange(0, DVP)
     m = tl.full([GP], float("-inf"), tl.float32)
     den = tl.zeros([GP], tl.float32)
     acc = tl.zeros([GP, DVP], tl.float32)
     seen = tl.zeros([BW], tl.int32)
-    for k0 in range(0, WCH, BW):
-        pos = first + k0 + tl.arange(0, BW)  # [BW] int64
-        ok = pos < S
-        row = pos % W
-        k = tl.load(K + row[:, None] * sk_r + ck[None, :], mask=ok[:, None] & (ck[None, :] < DK),
-                    other=0.0)  # [BW, DKP]
-        v = tl.load(V + row[:, None] * sv_r + cv[None, :], mask=ok[:, None] & (cv[None, :] < DV),
-                    other=0.0)  # [BW, DVP]
-        m, den, acc = online_step(q, k, v, ok[None, :], m, den, acc, scale, PREC, INTERP)
-        seen += ok.to(tl.int32)
+    if INTERP:
+        k0 = 0
+        while k0 < WCH:
+            m, den, acc, seen = _win_tile(k0, first, q, m, den, acc, seen, S, K, V, sk_r, sv_r, W, DK, DV,
+                                          scale, BW, DKP, DVP, PREC, INTERP)
+            k0 += BW
+    else:
+        for k0 in range(0, WCH, BW):
+            m, den, acc, seen = _win_tile(k0, first, q, m, den, acc, seen, S, K, V, sk_r, sv_r, W, DK, DV,
+                                          scale, BW, DKP, DVP, PREC, INTERP)
     return m, den, acc, tl.sum(seen, 0)
 
 
 @triton.jit
 def _split_cmp_win(Q, K_CMP, V_CMP, K_WIN, V_WIN, LENGTHS, PM, PD, PA, CNT, SP, SMAX, sq_b, sq_h,
                    skc_b, skc_n, skc_h, svc_b, svc_n, svc_h, skw_b, skw_r, skw_h, svw_b, svw_r, svw_h,
-                   H, G, DK, DV, C, W, TILES, scale, P_CMP: tl.constexpr, P_ALL: tl.constexpr,
-                   L_CMP: tl.constexpr, D_CMP: tl.constexpr, L_SLC: tl.constexpr, TT: tl.constexpr,
-                   BJ: tl.constexpr, BN: tl.constexpr, BJP: tl.constexpr, WCH: tl.constexpr,
-                   BW: tl.constexpr, GP: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
-                   PREC: tl.constexpr, EXACT: tl.constexpr, INTERP: tl.constexpr):
+                   H, G, DK, DV, C, W, TILES, scale, P_CMP, P_ALL, WCH, L_CMP: tl.constexpr,
+                   D_CMP: tl.constexpr, L_SLC: tl.constexpr, TT: tl.constexpr, BJ: tl.constexpr,
+                   BN: tl.constexpr, BJP: tl.constexpr, BW: tl.constexpr, GP: tl.constexpr,
+                   DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr, EXACT: tl.constexpr,
+                   INTERP: tl.constexpr):
     tl.static_assert((BN >= 16) & (BW >= 16) & (BJP >= 16) & (GP >= 16), "tl.dot needs 16 rows and keys")
     tl.static_assert(BN >= TT, "a compressed tile holds TT tokens")
     pid = tl.program_id(0)
@@ -240,10 +253,10 @@ def _split_cmp_win(Q, K_CMP, V_CMP, K_WIN, V_WIN, LENGTHS, PM, PD, PA, CNT, SP, 
 
 
 @triton.jit
-def _select(LENGTHS, PM, PD, SP, SMAX, IDX, si_b, si_h, H, C, TILES, G: tl.constexpr, GC: tl.constexpr,
-            P_CMP: tl.constexpr, P_ALL: tl.constexpr, PCP: tl.constexpr, L_CMP: tl.constexpr,
-            D_CMP: tl.constexpr, L_SLC: tl.constexpr, TT: tl.constexpr, BJ: tl.constexpr,
-            NBP: tl.constexpr, N_SEL: tl.constexpr, NP: tl.constexpr):
+def _select(LENGTHS, PM, PD, SP, SMAX, IDX, si_b, si_h, H, C, TILES, P_CMP, P_ALL, G: tl.constexpr,
+            GC: tl.constexpr, PCP: tl.constexpr, L_CMP: tl.constexpr, D_CMP: tl.constexpr,
+            L_SLC: tl.constexpr, TT: tl.constexpr, BJ: tl.constexpr, NBP: tl.constexpr,
+            N_SEL: tl.constexpr, NP: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
     h = bh % H
@@ -279,11 +292,29 @@ def _select(LENGTHS, PM, PD, SP, SMAX, IDX, si_b, si_h, H, C, TILES, G: tl.const
 
 
 @triton.jit
+def _slc_block(slot, q, m, den, acc, seen, S, K, V, IDX, sk_t, sv_t, DK, DV, scale, N_SEL: tl.constexpr,
+               L_SLC: tl.constexpr, BL: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
+               PREC: tl.constexpr, INTERP: tl.constexpr):
+    """Fold the rows < S of the block in selection slot `slot` (-1: none) into (m, den, acc)."""
+    ck = tl.arange(0, DKP)
+    cv = tl.arange(0, DVP)
+    offs = tl.arange(0, BL)
+    blk = tl.load(IDX + slot, mask=slot < N_SEL, other=-1).to(tl.int64)
+    pos = blk * L_SLC + offs  # [BL]
+    ok = (blk >= 0) & (offs < L_SLC) & (pos < S)
+    k = tl.load(K + pos[:, None] * sk_t + ck[None, :], mask=ok[:, None] & (ck[None, :] < DK),
+                other=0.0)  # [BL, DKP]
+    v = tl.load(V + pos[:, None] * sv_t + cv[None, :], mask=ok[:, None] & (cv[None, :] < DV),
+                other=0.0)  # [BL, DVP]
+    m, den, acc = online_step(q, k, v, ok[None, :], m, den, acc, scale, PREC, INTERP)
+    return m, den, acc, seen + ok.to(tl.int32)
+
+
+@triton.jit
 def _split_slc(Q, K, V, LENGTHS, IDX, PM, PD, PA, CNT, sq_b, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
-               si_b, si_h, H, G, DK, DV, C, scale, P_FIRST: tl.constexpr, P_ALL: tl.constexpr,
-               N_SEL: tl.constexpr, SPP: tl.constexpr, L_SLC: tl.constexpr, BL: tl.constexpr,
-               GP: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr,
-               INTERP: tl.constexpr):
+               si_b, si_h, H, G, DK, DV, C, scale, P_FIRST, P_ALL, SPP, N_SEL: tl.constexpr,
+               L_SLC: tl.constexpr, BL: tl.constexpr, GP: tl.constexpr, DKP: tl.constexpr,
+               DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
     tl.static_assert((BL >= 16) & (GP >= 16), "tl.dot needs 16 rows and keys")
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -291,57 +322,75 @@ def _split_slc(Q, K, V, LENGTHS, IDX, PM, PD, PA, CNT, sq_b, sq_h, sk_b, sk_t, s
     h = bh % H
     S = _length(LENGTHS, b, C)
     q = _group_q(Q, b, h, sq_b, sq_h, G, DK, GP, DKP)
-    ck = tl.arange(0, DKP)
-    cv = tl.arange(0, DVP)
-    offs = tl.arange(0, BL)
     K += b * sk_b + h * sk_h
     V += b * sv_b + h * sv_h
+    IDX += b * si_b + h * si_h
     m = tl.full([GP], float("-inf"), tl.float32)
     den = tl.zeros([GP], tl.float32)
     acc = tl.zeros([GP, DVP], tl.float32)
     seen = tl.zeros([BL], tl.int32)
-    for k in range(SPP):
-        slot = pid * SPP + k
-        blk = tl.load(IDX + b * si_b + h * si_h + slot, mask=slot < N_SEL, other=-1).to(tl.int64)
-        pos = blk * L_SLC + offs  # [BL]
-        ok = (blk >= 0) & (offs < L_SLC) & (pos < S)
-        kt = tl.load(K + pos[:, None] * sk_t + ck[None, :], mask=ok[:, None] & (ck[None, :] < DK),
-                     other=0.0)  # [BL, DKP]
-        vt = tl.load(V + pos[:, None] * sv_t + cv[None, :], mask=ok[:, None] & (cv[None, :] < DV),
-                     other=0.0)  # [BL, DVP]
-        m, den, acc = online_step(q, kt, vt, ok[None, :], m, den, acc, scale, PREC, INTERP)
-        seen += ok.to(tl.int32)
+    if INTERP:
+        slot = pid * SPP
+        while slot < pid * SPP + SPP:
+            m, den, acc, seen = _slc_block(slot, q, m, den, acc, seen, S, K, V, IDX, sk_t, sv_t, DK, DV,
+                                           scale, N_SEL, L_SLC, BL, DKP, DVP, PREC, INTERP)
+            slot += 1
+    else:
+        for slot in range(pid * SPP, pid * SPP + SPP):
+            m, den, acc, seen = _slc_block(slot, q, m, den, acc, seen, S, K, V, IDX, sk_t, sv_t, DK, DV,
+                                           scale, N_SEL, L_SLC, BL, DKP, DVP, PREC, INTERP)
     _store_partial(PM + bh * P_ALL * G, PD + bh * P_ALL * G, PA + bh * P_ALL * G * DV, CNT + bh * P_ALL,
                    P_FIRST + pid, m, den, acc, tl.sum(seen, 0), G, DV, GP, DVP)
 
 
 @triton.jit
-def _merge(PM, PD, PA, g, G, DV, LO: tl.constexpr, HI: tl.constexpr, MC: tl.constexpr,
-           DVP: tl.constexpr):
-    """Partials LO .. HI - 1 of head g, in order -> (o [1, DVP], lse [1])."""
+def _merge_max(s0, top, PM, g, G, HI, MC: tl.constexpr):
+    s = s0 + tl.arange(0, MC)  # [MC]
+    return tl.maximum(top, tl.load(PM + s * G + g, mask=s < HI, other=float("-inf")))
+
+
+@triton.jit
+def _merge_fold(s0, base, den, acc, PM, PD, PA, g, G, DV, HI, MC: tl.constexpr, DVP: tl.constexpr):
+    s = s0 + tl.arange(0, MC)  # [MC]
     cv = tl.arange(0, DVP)
+    weight = tl.exp(tl.load(PM + s * G + g, mask=s < HI, other=float("-inf")) - base)  # [MC]
+    den += tl.sum(weight * tl.load(PD + s * G + g, mask=s < HI, other=0.0), 0, keep_dims=True)
+    part = tl.load(PA + (s.to(tl.int64) * G + g)[:, None] * DV + cv[None, :],
+                   mask=(s < HI)[:, None] & (cv[None, :] < DV), other=0.0)  # [MC, DVP]
+    return den, acc + tl.sum(weight[:, None] * part, 0, keep_dims=True)
+
+
+@triton.jit
+def _merge(PM, PD, PA, g, G, DV, LO, HI, MC: tl.constexpr, DVP: tl.constexpr, INTERP: tl.constexpr):
+    """Partials LO .. HI - 1 of head g, in order -> (o [1, DVP], lse [1])."""
     top = tl.full([MC], float("-inf"), tl.float32)
-    for s0 in range(LO, HI, MC):
-        s = s0 + tl.arange(0, MC)
-        top = tl.maximum(top, tl.load(PM + s * G + g, mask=s < HI, other=float("-inf")))
+    if INTERP:
+        s0 = LO
+        while s0 < HI:
+            top = _merge_max(s0, top, PM, g, G, HI, MC)
+            s0 += MC
+    else:
+        for s0 in range(LO, HI, MC):
+            top = _merge_max(s0, top, PM, g, G, HI, MC)
     m = tl.max(top, 0, keep_dims=True)  # [1]
     base = tl.where(m == float("-inf"), 0.0, m)
     den = tl.zeros([1], tl.float32)
     acc = tl.zeros([1, DVP], tl.float32)
-    for s0 in range(LO, HI, MC):
-        s = s0 + tl.arange(0, MC)  # [MC]
-        weight = tl.exp(tl.load(PM + s * G + g, mask=s < HI, other=float("-inf")) - base)  # [MC]
-        den += tl.sum(weight * tl.load(PD + s * G + g, mask=s < HI, other=0.0), 0, keep_dims=True)
-        part = tl.load(PA + (s.to(tl.int64) * G + g)[:, None] * DV + cv[None, :],
-                       mask=(s < HI)[:, None] & (cv[None, :] < DV), other=0.0)  # [MC, DVP]
-        acc += tl.sum(weight[:, None] * part, 0, keep_dims=True)
+    if INTERP:
+        s0 = LO
+        while s0 < HI:
+            den, acc = _merge_fold(s0, base, den, acc, PM, PD, PA, g, G, DV, HI, MC, DVP)
+            s0 += MC
+    else:
+        for s0 in range(LO, HI, MC):
+            den, acc = _merge_fold(s0, base, den, acc, PM, PD, PA, g, G, DV, HI, MC, DVP)
     return finish(m, den, acc)
 
 
 @triton.jit
 def _merge_combine(PM, PD, PA, CNT, GATES, O, LSE, READS, sg_b, sg_h, sg_c, so_b, so_h, sl_b, sl_h,
-                   sl_c, sr_b, H, G, DV, P_CMP: tl.constexpr, P_WIN: tl.constexpr, P_ALL: tl.constexpr,
-                   PAP: tl.constexpr, MC: tl.constexpr, DVP: tl.constexpr):
+                   sl_c, sr_b, H, G, DV, P_CMP, P_WIN, P_ALL, PAP: tl.constexpr, MC: tl.constexpr,
+                   DVP: tl.constexpr, INTERP: tl.constexpr):
     bh = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     b = bh // H
@@ -349,9 +398,9 @@ def _merge_combine(PM, PD, PA, CNT, GATES, O, LSE, READS, sg_b, sg_h, sg_c, so_b
     PM += bh * P_ALL * G
     PD += bh * P_ALL * G
     PA += bh * P_ALL * G * DV
-    o_cmp, lse_cmp = _merge(PM, PD, PA, g, G, DV, 0, P_CMP, MC, DVP)
-    o_win, lse_win = _merge(PM, PD, PA, g, G, DV, P_CMP, P_CMP + P_WIN, MC, DVP)
-    o_slc, lse_slc = _merge(PM, PD, PA, g, G, DV, P_CMP + P_WIN, P_ALL, MC, DVP)
+    o_cmp, lse_cmp = _merge(PM, PD, PA, g, G, DV, 0, P_CMP, MC, DVP, INTERP)
+    o_win, lse_win = _merge(PM, PD, PA, g, G, DV, P_CMP, P_CMP + P_WIN, MC, DVP, INTERP)
+    o_slc, lse_slc = _merge(PM, PD, PA, g, G, DV, P_CMP + P_WIN, P_ALL, MC, DVP, INTERP)
     hq = (h * G + g).to(tl.int64)
     gate = GATES + b * sg_b + hq * sg_h
     g_cmp = tl.load(gate).to(tl.float32)
@@ -487,14 +536,14 @@ def decode_attention(q: Tensor, gates: Tensor, k_cmp: Tensor, v_cmp: Tensor, k_s
         q, k_cmp, v_cmp, k_win, v_win, lengths, pm, pd, pa, cnt, sp, smax, q.stride(0), q.stride(1),
         k_cmp.stride(0), k_cmp.stride(1), k_cmp.stride(2), v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2),
         k_win.stride(0), k_win.stride(1), k_win.stride(2), v_win.stride(0), v_win.stride(1), v_win.stride(2),
-        H, G, dk, dv, C, w, n_tiles, scale, P_CMP=p_cmp, P_ALL=p_all, BN=padded(tt), BJP=padded(bj + 1),
-        WCH=wch, BW=bw, GP=gp, DKP=dkp, DVP=dvp, PREC=prec, EXACT="ieee", INTERP=interp,
+        H, G, dk, dv, C, w, n_tiles, scale, p_cmp, p_all, wch, BN=padded(tt), BJP=padded(bj + 1), BW=bw,
+        GP=gp, DKP=dkp, DVP=dvp, PREC=prec, EXACT="ieee", INTERP=interp,
         num_warps=tiles.num_warps, **blocks,
     )
     nbp = triton.next_power_of_2(triton.cdiv(C, l_slc))
     _select[(B * H,)](
-        lengths, pm, pd, sp, smax, indices, indices.stride(0), indices.stride(1), H, C, n_tiles, G=G,
-        GC=min(triton.next_power_of_2(G), max(1, SELECT_ELEMENTS // nbp)), P_CMP=p_cmp, P_ALL=p_all,
+        lengths, pm, pd, sp, smax, indices, indices.stride(0), indices.stride(1), H, C, n_tiles, p_cmp,
+        p_all, G=G, GC=min(triton.next_power_of_2(G), max(1, SELECT_ELEMENTS // nbp)),
         PCP=triton.next_power_of_2(p_cmp), NBP=nbp, N_SEL=n,
         NP=triton.next_power_of_2(n), num_warps=WARPS if nbp <= SELECT_WIDE_ROW else SELECT_WIDE_WARPS,
         **blocks,
@@ -502,14 +551,14 @@ def decode_attention(q: Tensor, gates: Tensor, k_cmp: Tensor, v_cmp: Tensor, k_s
     _split_slc[(p_slc, B * H)](
         q, k_slc, v_slc, lengths, indices, pm, pd, pa, cnt, q.stride(0), q.stride(1), k_slc.stride(0),
         k_slc.stride(1), k_slc.stride(2), v_slc.stride(0), v_slc.stride(1), v_slc.stride(2),
-        indices.stride(0), indices.stride(1), H, G, dk, dv, C, scale, P_FIRST=p_cmp + p_win, P_ALL=p_all,
-        N_SEL=n, SPP=spp, L_SLC=l_slc, BL=padded(l_slc), GP=gp, DKP=dkp, DVP=dvp, PREC=prec,
+        indices.stride(0), indices.stride(1), H, G, dk, dv, C, scale, p_cmp + p_win, p_all, spp,
+        N_SEL=n, L_SLC=l_slc, BL=padded(l_slc), GP=gp, DKP=dkp, DVP=dvp, PREC=prec,
         INTERP=interp, num_warps=tiles.num_warps,
     )
     _merge_combine[(B * H, G)](
         pm, pd, pa, cnt, gates, o, lse, reads, gates.stride(0), gates.stride(1), gates.stride(2),
         o.stride(0), o.stride(1), lse.stride(0), lse.stride(1), lse.stride(2), reads.stride(0), H, G, dv,
-        P_CMP=p_cmp, P_WIN=p_win, P_ALL=p_all, PAP=triton.next_power_of_2(p_all), MC=MERGE_ROWS, DVP=dvp,
+        p_cmp, p_win, p_all, PAP=triton.next_power_of_2(p_all), MC=MERGE_ROWS, DVP=dvp, INTERP=interp,
         num_warps=WARPS,
     )
     return o, lse, indices, reads
