@@ -7,9 +7,11 @@ query over a [B, H, S, d] KV cache, all in the same run, and the device-to-devic
 measured once at the start. Achieved TB/s is the bytes of the rows the step reports it read
 (`reads` * (dk + dv) * 2) over its time. Before timing, at the smallest S, the bf16 step is
 compared with the same step on float32 copies (o's relative error, share of equal indices).
-Times are `triton.testing.do_bench` medians on random inputs. Prints one table.
+With `--variants`, work splits (`DecodeTiles`: programs per launch, rows per split at least,
+warps) are timed first at S = 64k, batch 1 and 16, graph-captured. Times are
+`triton.testing.do_bench` medians on random inputs. Prints one table.
 
-    python packages/nsa-triton/benchmarks/time_decode.py [S ...] [--batch 1 16 64]
+    python packages/nsa-triton/benchmarks/time_decode.py [S ...] [--batch 1 16 64] [--variants]
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 import triton
 from nsa_spec import NSAConfig
 from nsa_spec.blocks import n_cmp
-from nsa_triton.ops.decode import decode_attention
+from nsa_triton.ops.decode import DecodeTiles, decode_attention
 
 CFG = NSAConfig(cmp_len=32, cmp_stride=16, slc_len=64, top_n=16, window=512)
 HQ, H, D = 64, 4, 128
@@ -28,9 +30,12 @@ DTYPE = torch.bfloat16
 COPY_BYTES = 4 << 30  # buffer of the copy-bandwidth measurement
 PROFILED = (65536, 16)  # the (S, B) whose per-kernel device times are listed
 PROFILE_REPS = 20
+VARIANTS = [DecodeTiles(programs=p, split_keys=k, num_warps=w) for p in (132, 264, 528, 1056)
+            for k in (64, 128, 256) for w in (4, 8) if w == 4 or (p, k) == (264, 128)]
+VARIANT_CASES = ((65536, 1), (65536, 16))
 
 
-def make_step(B: int, S: int, dtype: torch.dtype = DTYPE):
+def make_step(B: int, S: int, dtype: torch.dtype = DTYPE, tiles: DecodeTiles | None = None):
     """A v2 cache of B sequences holding S tokens each, and the step over it."""
     def r(*shape):
         return torch.randn(*shape, device="cuda", dtype=dtype)
@@ -41,7 +46,11 @@ def make_step(B: int, S: int, dtype: torch.dtype = DTYPE):
              r(B, CFG.window, H, D))
     lengths = torch.full((B,), S, dtype=torch.int64, device="cuda")
     scale = CFG.softmax_scale(D)
-    return (lambda: decode_attention(q, gates, *cache, lengths, CFG, scale)), (q, gates, cache, lengths)
+
+    def step():
+        return decode_attention(q, gates, *cache, lengths, CFG, scale, tiles)
+
+    return step, (q, gates, cache, lengths)
 
 
 def check_against_float32(S: int) -> str:
@@ -107,15 +116,34 @@ def copy_bandwidth() -> float:
     return 2 * COPY_BYTES / (ms * 1e-3) / 1e12
 
 
+def variant_rows() -> list[str]:
+    """Graph-captured step times of each work split in VARIANTS at VARIANT_CASES."""
+    rows = [f"{'S':>7} {'B':>3} {'programs':>8} {'rows':>5} {'warps':>5} {'graph us':>9}"]
+    for S, B in VARIANT_CASES:
+        for tiles in VARIANTS:
+            step, inputs = make_step(B, S, tiles=tiles)
+            graph = graph_of(step)
+            us = triton.testing.do_bench(graph.replay, return_mode="median") * 1e3
+            rows.append(f"{S:>7} {B:>3} {tiles.programs:>8} {tiles.split_keys:>5} {tiles.num_warps:>5} "
+                        f"{us:>9.1f}")
+            print(rows[-1], flush=True)
+            del step, inputs, graph
+        torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("S", type=int, nargs="*", default=[8192, 16384, 32768, 65536, 131072])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--variants", action="store_true")
     a = parser.parse_args()
     name = torch.cuda.get_device_name()
     copy = copy_bandwidth()
     lines = [f"{name}, torch {torch.__version__}, triton {triton.__version__}; "
              f"device-to-device copy {copy:.2f} TB/s (read + write)", check_against_float32(min(a.S))]
+    if a.variants:
+        lines += ["work splits (DecodeTiles):", *variant_rows()]
     header = (f"{'S':>7} {'B':>3} {'dense us':>9} {'eager us':>9} {'graph us':>9} {'x dense':>8} "
               f"{'reads/seq':>10} {'MB read':>8} {'TB/s':>6} {'% copy':>7}")
     rows = []
