@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from nsa_spec import InvalidInputError, NSAConfig, NSAInputs
+from nsa_spec import InvalidInputError, NSAConfig, NSAInputs, UnsupportedError
 from nsa_spec import reference as ref
 from nsa_spec.blocks import n_cmp
 from nsa_spec.counters import tokens_read_exact
@@ -111,9 +111,9 @@ def check(got, want, lengths, config):
      (4, 2, 8, 16, [8, 64, 129], CFG, SPLIT), (4, 1, 16, 8, [5, 150, 191], CFG, None),
      (4, 1, 16, 8, [7, 97, 203], WIDE, SPLIT), (8, 2, 8, 16, [16, 40, 180], WIDE, None),
      (4, 1, 8, 16, [2, 100, 207], WIDE, FEW), (4, 2, 16, 8, [11, 60, 199], ODD, None),
-     (4, 2, 16, 8, [11, 60, 199], ODD, FEW)],
+     (4, 2, 16, 8, [11, 60, 199], ODD, FEW), (32, 1, 8, 16, [3, 80, 190], WIDE, SPLIT)],
     ids=["G1-default", "G1-split", "G2-split", "G4-default", "G4-wide-split", "G4-wide-default",
-         "G4-wide-few", "G2-odd-default", "G2-odd-few"],
+         "G4-wide-few", "G2-odd-default", "G2-odd-few", "G32-wide-split"],
 )
 def test_decode_matches_reference(HQ, H, dk, dv, lengths, config, tiles):
     """Three sequences of their own lengths (below l, at block edges, long): o, lse, indices at the
@@ -167,6 +167,9 @@ def test_invalid_cache_shapes_raise():
     cache = v2_cache(s, [30], CFG, extra_cmp=-1)
     with pytest.raises(InvalidInputError, match=r"C_cmp >= N_cmp\(C\) = 9"):
         run(s, cache, [30], CFG)
+    wide = streams(np.random.default_rng(5), 1, 40, 64, 1, 8, 8)
+    with pytest.raises(UnsupportedError, match=r"G=HQ/H=64 > 32"):
+        run(wide, v2_cache(wide, [40], CFG), [40], CFG)
 
 
 @pytest.mark.skipif(
