@@ -60,7 +60,7 @@ WARPS = 4
 SELECT_ELEMENTS = 4096
 """Score elements (heads x blocks) the select kernel loads per step: the heads of a group are
 walked SELECT_ELEMENTS // blocks at a time."""
-SELECT_WIDE_ROW = 4096
+SELECT_WIDE_ROW = 1024
 """Score rows of more (padded) blocks than this take SELECT_WIDE_WARPS."""
 SELECT_WIDE_WARPS = 8
 MAX_GROUP = 32
@@ -274,7 +274,7 @@ def _select(LENGTHS, PM, PD, SP, SMAX, IDX, si_b, si_h, H, C, TILES, P_CMP, P_AL
     parts = PM + bh * P_ALL * G + split * G
     dens = PD + bh * P_ALL * G + split * G
     score = tl.zeros([NBP], tl.float32)
-    for g0 in range(0, G, GC):
+    for g0 in tl.static_range(0, G, GC):  # unrolled: every chunk's loads issue at once
         g = g0 + tl.arange(0, GC)[:, None]  # [GC, 1] GC heads at a time
         g_ok = g < G
         pm = tl.load(parts + g, mask=g_ok & (split < P_CMP), other=float("-inf"))  # [GC, PCP]
