@@ -20,8 +20,9 @@ from nsa_triton.ops.decode import DecodeTiles, decode_attention
 CFG = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=16, top_n=3, window=16)
 WIDE = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=16, top_n=5, window=40)
 ODD = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=12, top_n=4, window=20)
-SPLIT = DecodeTiles(programs=64, split_keys=8, cmp_tokens=8, win_keys=16)
-"""Small tiles: several splits per branch, compressed tiles of 8 tokens in 16 rows."""
+SPLIT = DecodeTiles(programs=64, split_keys=8, cmp_tokens=8, win_keys=16, merge_rows=2)
+"""Small tiles: several splits per branch, compressed tiles of 8 tokens in 16 rows, merges of
+several steps (the last one partial)."""
 FEW = DecodeTiles(programs=4, split_keys=8, cmp_tokens=8, win_keys=16)
 """Small tiles, few splits: several compressed tiles, window tiles and selected blocks per split."""
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

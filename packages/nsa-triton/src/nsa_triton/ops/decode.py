@@ -54,8 +54,8 @@ CMP_TILE_TOKENS = 64
 """Compressed tokens per tile at most (rounded down to whole selection blocks, at least one)."""
 WIN_TILE_KEYS = 64
 """Window rows per tile (a power of two >= 16)."""
-MERGE_ROWS = 16
-"""Partials a merge folds per step."""
+MERGE_ROWS = 32
+"""Partials a merge folds per step (one step covers every split at batch >= 2 at 64k)."""
 WARPS = 4
 SELECT_ELEMENTS = 4096
 """Score elements (heads x blocks) the select kernel loads per step: the heads of a group are
@@ -75,6 +75,7 @@ class DecodeTiles:
     split_keys: int = SPLIT_KEYS
     cmp_tokens: int = CMP_TILE_TOKENS
     win_keys: int = WIN_TILE_KEYS
+    merge_rows: int = MERGE_ROWS
     num_warps: int = WARPS
 
 
@@ -344,46 +345,37 @@ def _split_slc(Q, K, V, LENGTHS, IDX, PM, PD, PA, CNT, sq_b, sq_h, sk_b, sk_t, s
 
 
 @triton.jit
-def _merge_max(s0, top, PM, g, G, HI, MC: tl.constexpr):
-    s = s0 + tl.arange(0, MC)  # [MC]
-    return tl.maximum(top, tl.load(PM + s * G + g, mask=s < HI, other=float("-inf")))
-
-
-@triton.jit
-def _merge_fold(s0, base, den, acc, PM, PD, PA, g, G, DV, HI, MC: tl.constexpr, DVP: tl.constexpr):
+def _merge_fold(s0, m, den, acc, PM, PD, PA, g, G, DV, HI, MC: tl.constexpr, DVP: tl.constexpr):
+    """Fold partials s0 .. s0 + MC - 1 (those < HI) of head g into (m [1], den [1], acc [1, DVP])."""
     s = s0 + tl.arange(0, MC)  # [MC]
     cv = tl.arange(0, DVP)
-    weight = tl.exp(tl.load(PM + s * G + g, mask=s < HI, other=float("-inf")) - base)  # [MC]
-    den += tl.sum(weight * tl.load(PD + s * G + g, mask=s < HI, other=0.0), 0, keep_dims=True)
+    pm = tl.load(PM + s * G + g, mask=s < HI, other=float("-inf"))  # [MC]
+    pd = tl.load(PD + s * G + g, mask=s < HI, other=0.0)  # [MC]
     part = tl.load(PA + (s.to(tl.int64) * G + g)[:, None] * DV + cv[None, :],
                    mask=(s < HI)[:, None] & (cv[None, :] < DV), other=0.0)  # [MC, DVP]
-    return den, acc + tl.sum(weight[:, None] * part, 0, keep_dims=True)
+    m_new = tl.maximum(m, tl.max(pm, 0, keep_dims=True))  # [1]
+    base = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m - base)  # [1]
+    weight = tl.exp(pm - base)  # [MC]
+    den = den * alpha + tl.sum(weight * pd, 0, keep_dims=True)
+    acc = acc * alpha[:, None] + tl.sum(weight[:, None] * part, 0, keep_dims=True)
+    return m_new, den, acc
 
 
 @triton.jit
 def _merge(PM, PD, PA, g, G, DV, LO, HI, MC: tl.constexpr, DVP: tl.constexpr, INTERP: tl.constexpr):
-    """Partials LO .. HI - 1 of head g, in order -> (o [1, DVP], lse [1])."""
-    top = tl.full([MC], float("-inf"), tl.float32)
-    if INTERP:
-        s0 = LO
-        while s0 < HI:
-            top = _merge_max(s0, top, PM, g, G, HI, MC)
-            s0 += MC
-    else:
-        for s0 in range(LO, HI, MC):
-            top = _merge_max(s0, top, PM, g, G, HI, MC)
-    m = tl.max(top, 0, keep_dims=True)  # [1]
-    base = tl.where(m == float("-inf"), 0.0, m)
+    """Partials LO .. HI - 1 of head g, folded in order (one pass) -> (o [1, DVP], lse [1])."""
+    m = tl.full([1], float("-inf"), tl.float32)
     den = tl.zeros([1], tl.float32)
     acc = tl.zeros([1, DVP], tl.float32)
     if INTERP:
         s0 = LO
         while s0 < HI:
-            den, acc = _merge_fold(s0, base, den, acc, PM, PD, PA, g, G, DV, HI, MC, DVP)
+            m, den, acc = _merge_fold(s0, m, den, acc, PM, PD, PA, g, G, DV, HI, MC, DVP)
             s0 += MC
     else:
         for s0 in range(LO, HI, MC):
-            den, acc = _merge_fold(s0, base, den, acc, PM, PD, PA, g, G, DV, HI, MC, DVP)
+            m, den, acc = _merge_fold(s0, m, den, acc, PM, PD, PA, g, G, DV, HI, MC, DVP)
     return finish(m, den, acc)
 
 
@@ -558,7 +550,7 @@ def decode_attention(q: Tensor, gates: Tensor, k_cmp: Tensor, v_cmp: Tensor, k_s
     _merge_combine[(B * H, G)](
         pm, pd, pa, cnt, gates, o, lse, reads, gates.stride(0), gates.stride(1), gates.stride(2),
         o.stride(0), o.stride(1), lse.stride(0), lse.stride(1), lse.stride(2), reads.stride(0), H, G, dv,
-        p_cmp, p_win, p_all, PAP=triton.next_power_of_2(p_all), MC=MERGE_ROWS, DVP=dvp, INTERP=interp,
+        p_cmp, p_win, p_all, PAP=triton.next_power_of_2(p_all), MC=tiles.merge_rows, DVP=dvp, INTERP=interp,
         num_warps=WARPS,
     )
     return o, lse, indices, reads
