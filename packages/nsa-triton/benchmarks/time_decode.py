@@ -8,7 +8,7 @@ measured once at the start. Achieved TB/s is the bytes of the rows the step repo
 (`reads` * (dk + dv) * 2) over its time. Before timing, at the smallest S, the bf16 step is
 compared with the same step on float32 copies (o's relative error, share of equal indices).
 With `--variants`, work splits (`DecodeTiles`: programs per launch, rows per split at least,
-warps) are timed first at S = 64k, batch 1 and 16, graph-captured. Times are
+warps, the select fused into the selected branch) are timed first at S = 64k, batch 1 and 16, graph-captured. Times are
 `triton.testing.do_bench` medians on random inputs. Prints one table.
 
     python packages/nsa-triton/benchmarks/time_decode.py [S ...] [--batch 1 16 64] [--variants]
@@ -30,8 +30,9 @@ DTYPE = torch.bfloat16
 COPY_BYTES = 4 << 30  # buffer of the copy-bandwidth measurement
 PROFILED = (65536, 16)  # the (S, B) whose per-kernel device times are listed
 PROFILE_REPS = 20
-VARIANTS = [DecodeTiles(programs=p, split_keys=k, num_warps=w) for p in (132, 264, 528, 1056)
-            for k in (64, 128, 256) for w in (4, 8) if w == 4 or (p, k) == (264, 128)]
+VARIANTS = [*(DecodeTiles(programs=p, split_keys=k, num_warps=w) for p in (132, 264, 528, 1056)
+              for k in (64, 128, 256) for w in (4, 8) if w == 4 or (p, k) == (264, 128)),
+            *(DecodeTiles(num_warps=w, fuse_select=True) for w in (4, 8))]
 VARIANT_CASES = ((65536, 1), (65536, 16))
 
 
@@ -118,14 +119,14 @@ def copy_bandwidth() -> float:
 
 def variant_rows() -> list[str]:
     """Graph-captured step times of each work split in VARIANTS at VARIANT_CASES."""
-    rows = [f"{'S':>7} {'B':>3} {'programs':>8} {'rows':>5} {'warps':>5} {'graph us':>9}"]
+    rows = [f"{'S':>7} {'B':>3} {'programs':>8} {'rows':>5} {'warps':>5} {'fused':>5} {'graph us':>9}"]
     for S, B in VARIANT_CASES:
         for tiles in VARIANTS:
             step, inputs = make_step(B, S, tiles=tiles)
             graph = graph_of(step)
             us = triton.testing.do_bench(graph.replay, return_mode="median") * 1e3
             rows.append(f"{S:>7} {B:>3} {tiles.programs:>8} {tiles.split_keys:>5} {tiles.num_warps:>5} "
-                        f"{us:>9.1f}")
+                        f"{tiles.fuse_select!s:>5} {us:>9.1f}")
             print(rows[-1], flush=True)
             del step, inputs, graph
         torch.cuda.empty_cache()

@@ -23,6 +23,8 @@ ODD = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=12, top_n=4, window=20)
 SPLIT = DecodeTiles(programs=64, split_keys=8, cmp_tokens=8, win_keys=16, merge_rows=2)
 """Small tiles: several splits per branch, compressed tiles of 8 tokens in 16 rows, merges of
 several steps (the last one partial)."""
+FUSED = DecodeTiles(programs=64, split_keys=8, cmp_tokens=8, win_keys=16, merge_rows=2, fuse_select=True)
+"""SPLIT with the selection done by every selected-branch program (no select launch)."""
 FEW = DecodeTiles(programs=4, split_keys=8, cmp_tokens=8, win_keys=16)
 """Small tiles, few splits: several compressed tiles, window tiles and selected blocks per split."""
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -112,9 +114,10 @@ def check(got, want, lengths, config):
      (4, 2, 8, 16, [8, 64, 129], CFG, SPLIT), (4, 1, 16, 8, [5, 150, 191], CFG, None),
      (4, 1, 16, 8, [7, 97, 203], WIDE, SPLIT), (8, 2, 8, 16, [16, 40, 180], WIDE, None),
      (4, 1, 8, 16, [2, 100, 207], WIDE, FEW), (4, 2, 16, 8, [11, 60, 199], ODD, None),
-     (4, 2, 16, 8, [11, 60, 199], ODD, FEW), (32, 1, 8, 16, [3, 80, 190], WIDE, SPLIT)],
+     (4, 2, 16, 8, [11, 60, 199], ODD, FEW), (32, 1, 8, 16, [3, 80, 190], WIDE, SPLIT),
+     (4, 2, 8, 16, [8, 64, 129], CFG, FUSED), (4, 1, 16, 8, [7, 97, 203], WIDE, FUSED)],
     ids=["G1-default", "G1-split", "G2-split", "G4-default", "G4-wide-split", "G4-wide-default",
-         "G4-wide-few", "G2-odd-default", "G2-odd-few", "G32-wide-split"],
+         "G4-wide-few", "G2-odd-default", "G2-odd-few", "G32-wide-split", "G2-fused", "G4-wide-fused"],
 )
 def test_decode_matches_reference(HQ, H, dk, dv, lengths, config, tiles):
     """Three sequences of their own lengths (below l, at block edges, long): o, lse, indices at the
@@ -124,7 +127,7 @@ def test_decode_matches_reference(HQ, H, dk, dv, lengths, config, tiles):
     check(run(s, cache, lengths, config, tiles), expected(s, cache, lengths, config), lengths, config)
 
 
-@pytest.mark.parametrize("tiles", [None, SPLIT], ids=["default", "split"])
+@pytest.mark.parametrize("tiles", [None, SPLIT, FUSED], ids=["default", "split", "fused"])
 def test_ties_go_to_the_lower_block(tiles):
     """q = 0: every compressed token gets the same weight, so every full block ties exactly; the
     free slots go to the lowest-numbered blocks (Eq. 11's rule), as in the reference."""

@@ -41,7 +41,7 @@ from nsa_spec.errors import InvalidInputError, UnsupportedError
 from torch import Tensor
 
 from nsa_triton.ops.online import dot, finish, interpreted, online_step
-from nsa_triton.ops.select import TOP_N_MAX_BLOCKS, top_n_row
+from nsa_triton.ops.select import TOP_N_MAX_BLOCKS, top_n_pick, top_n_row
 from nsa_triton.ops.tiles import dot_precision, padded
 
 SPLIT_PROGRAMS = 264
@@ -77,6 +77,9 @@ class DecodeTiles:
     win_keys: int = WIN_TILE_KEYS
     merge_rows: int = MERGE_ROWS
     num_warps: int = WARPS
+    fuse_select: bool = False
+    """Every selected-branch program computes the block scores and top-n itself (the same for
+    all of a row; the first one writes them) instead of one select launch before them."""
 
 
 @triton.jit
@@ -254,14 +257,10 @@ def _split_cmp_win(Q, K_CMP, V_CMP, K_WIN, V_WIN, LENGTHS, PM, PD, PA, CNT, SP, 
 
 
 @triton.jit
-def _select(LENGTHS, PM, PD, SP, SMAX, IDX, si_b, si_h, H, C, TILES, P_CMP, P_ALL, G: tl.constexpr,
-            GC: tl.constexpr, PCP: tl.constexpr, L_CMP: tl.constexpr, D_CMP: tl.constexpr,
-            L_SLC: tl.constexpr, TT: tl.constexpr, BJ: tl.constexpr, NBP: tl.constexpr,
-            N_SEL: tl.constexpr, NP: tl.constexpr):
-    bh = tl.program_id(0).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    S = _length(LENGTHS, b, C)
+def _scores(bh, S, PM, PD, SP, SMAX, TILES, P_CMP, P_ALL, G: tl.constexpr, GC: tl.constexpr,
+            PCP: tl.constexpr, L_CMP: tl.constexpr, D_CMP: tl.constexpr, L_SLC: tl.constexpr,
+            TT: tl.constexpr, BJ: tl.constexpr, NBP: tl.constexpr):
+    """Block scores [NBP] of (sequence, kv head) bh from the compressed partials (Eqs. 8-10)."""
     n_tiles = tl.cdiv(_n_cmp(S, L_CMP, D_CMP), TT)
     c = (S - 1) // L_SLC
     j = tl.arange(0, NBP)
@@ -289,19 +288,32 @@ def _select(LENGTHS, PM, PD, SP, SMAX, IDX, si_b, si_h, H, C, TILES, P_CMP, P_AL
         m_left = tl.load(smax + (t - 1) * G + g, mask=spill & g_ok, other=float("-inf"))  # [GC, NBP]
         part = main * tl.exp(m_main - base) + left * tl.exp(m_left - base)  # [GC, NBP]
         score += tl.sum(part / tl.where(den_g > 0, den_g, 1.0)[:, None], 0)
+    return score, j, c
+
+
+@triton.jit
+def _select(LENGTHS, PM, PD, SP, SMAX, IDX, si_b, si_h, H, C, TILES, P_CMP, P_ALL, G: tl.constexpr,
+            GC: tl.constexpr, PCP: tl.constexpr, L_CMP: tl.constexpr, D_CMP: tl.constexpr,
+            L_SLC: tl.constexpr, TT: tl.constexpr, BJ: tl.constexpr, NBP: tl.constexpr,
+            N_SEL: tl.constexpr, NP: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    S = _length(LENGTHS, b, C)
+    score, j, c = _scores(bh, S, PM, PD, SP, SMAX, TILES, P_CMP, P_ALL, G, GC, PCP, L_CMP, D_CMP, L_SLC,
+                          TT, BJ, NBP)
     top_n_row(score, j, c, IDX + b * si_b + h * si_h, N_SEL, NP)
 
 
 @triton.jit
-def _slc_block(slot, q, m, den, acc, seen, S, K, V, IDX, sk_t, sv_t, DK, DV, scale, N_SEL: tl.constexpr,
-               L_SLC: tl.constexpr, BL: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
-               PREC: tl.constexpr, INTERP: tl.constexpr):
-    """Fold the rows < S of the block in selection slot `slot` (-1: none) into (m, den, acc)."""
+def _slc_block(blk, q, m, den, acc, seen, S, K, V, sk_t, sv_t, DK, DV, scale, L_SLC: tl.constexpr,
+               BL: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr,
+               INTERP: tl.constexpr):
+    """Fold the rows < S of selected block `blk` (-1: none) into (m, den, acc)."""
     ck = tl.arange(0, DKP)
     cv = tl.arange(0, DVP)
     offs = tl.arange(0, BL)
-    blk = tl.load(IDX + slot, mask=slot < N_SEL, other=-1).to(tl.int64)
-    pos = blk * L_SLC + offs  # [BL]
+    pos = blk.to(tl.int64) * L_SLC + offs  # [BL]
     ok = (blk >= 0) & (offs < L_SLC) & (pos < S)
     k = tl.load(K + pos[:, None] * sk_t + ck[None, :], mask=ok[:, None] & (ck[None, :] < DK),
                 other=0.0)  # [BL, DKP]
@@ -312,20 +324,46 @@ def _slc_block(slot, q, m, den, acc, seen, S, K, V, IDX, sk_t, sv_t, DK, DV, sca
 
 
 @triton.jit
-def _split_slc(Q, K, V, LENGTHS, IDX, PM, PD, PA, CNT, sq_b, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
-               si_b, si_h, H, G, DK, DV, C, scale, P_FIRST, P_ALL, SPP, N_SEL: tl.constexpr,
-               L_SLC: tl.constexpr, BL: tl.constexpr, GP: tl.constexpr, DKP: tl.constexpr,
-               DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
+def _slot_block(slot, IDX, taken, rank, j, N_SEL: tl.constexpr, FUSED: tl.constexpr):
+    """The block in selection slot `slot` (-1 if none): from the picks in registers when FUSED,
+    else from IDX."""
+    if FUSED:
+        hit = (taken > 0) & (rank == slot)  # [NBP]
+        return tl.where(tl.sum(hit.to(tl.int32), 0) > 0, tl.sum(tl.where(hit, j, 0), 0), -1)
+    return tl.load(IDX + slot, mask=slot < N_SEL, other=-1)
+
+
+@triton.jit
+def _split_slc(Q, K, V, LENGTHS, IDX, PM, PD, PA, CNT, SP, SMAX, sq_b, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t,
+               sv_h, si_b, si_h, H, G, DK, DV, C, TILES, scale, P_CMP, P_FIRST, P_ALL, SPP,
+               GROUP: tl.constexpr, GC: tl.constexpr, PCP: tl.constexpr, L_CMP: tl.constexpr,
+               D_CMP: tl.constexpr, TT: tl.constexpr, BJ: tl.constexpr, NBP: tl.constexpr,
+               NP: tl.constexpr, N_SEL: tl.constexpr, L_SLC: tl.constexpr, BL: tl.constexpr,
+               GP: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr,
+               FUSED: tl.constexpr, INTERP: tl.constexpr):
     tl.static_assert((BL >= 16) & (GP >= 16), "tl.dot needs 16 rows and keys")
     pid = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
     S = _length(LENGTHS, b, C)
+    IDX += b * si_b + h * si_h
+    if FUSED:  # every program of the row selects (the same blocks); the first one writes them
+        score, j, c = _scores(bh, S, PM, PD, SP, SMAX, TILES, P_CMP, P_ALL, GROUP, GC, PCP, L_CMP, D_CMP,
+                              L_SLC, TT, BJ, NBP)
+        taken = top_n_pick(score, j, c, N_SEL)  # [NBP]
+        rank = tl.cumsum(taken, 0) - 1  # [NBP]
+        tl.store(IDX + rank, j, mask=(taken > 0) & (pid == 0))
+        slot = tl.arange(0, NP)
+        tl.store(IDX + slot, tl.full([NP], -1, tl.int32),
+                 mask=(slot >= tl.minimum(c + 1, N_SEL)) & (slot < N_SEL) & (pid == 0))
+    else:
+        j = tl.arange(0, NBP)
+        taken = tl.zeros_like(j)
+        rank = taken
     q = _group_q(Q, b, h, sq_b, sq_h, G, DK, GP, DKP)
     K += b * sk_b + h * sk_h
     V += b * sv_b + h * sv_h
-    IDX += b * si_b + h * si_h
     m = tl.full([GP], float("-inf"), tl.float32)
     den = tl.zeros([GP], tl.float32)
     acc = tl.zeros([GP, DVP], tl.float32)
@@ -333,13 +371,15 @@ def _split_slc(Q, K, V, LENGTHS, IDX, PM, PD, PA, CNT, sq_b, sq_h, sk_b, sk_t, s
     if INTERP:
         slot = pid * SPP
         while slot < pid * SPP + SPP:
-            m, den, acc, seen = _slc_block(slot, q, m, den, acc, seen, S, K, V, IDX, sk_t, sv_t, DK, DV,
-                                           scale, N_SEL, L_SLC, BL, DKP, DVP, PREC, INTERP)
+            blk = _slot_block(slot, IDX, taken, rank, j, N_SEL, FUSED)
+            m, den, acc, seen = _slc_block(blk, q, m, den, acc, seen, S, K, V, sk_t, sv_t, DK, DV, scale,
+                                           L_SLC, BL, DKP, DVP, PREC, INTERP)
             slot += 1
     else:
         for slot in range(pid * SPP, pid * SPP + SPP):
-            m, den, acc, seen = _slc_block(slot, q, m, den, acc, seen, S, K, V, IDX, sk_t, sv_t, DK, DV,
-                                           scale, N_SEL, L_SLC, BL, DKP, DVP, PREC, INTERP)
+            blk = _slot_block(slot, IDX, taken, rank, j, N_SEL, FUSED)
+            m, den, acc, seen = _slc_block(blk, q, m, den, acc, seen, S, K, V, sk_t, sv_t, DK, DV, scale,
+                                           L_SLC, BL, DKP, DVP, PREC, INTERP)
     _store_partial(PM + bh * P_ALL * G, PD + bh * P_ALL * G, PA + bh * P_ALL * G * DV, CNT + bh * P_ALL,
                    P_FIRST + pid, m, den, acc, tl.sum(seen, 0), G, DV, GP, DVP)
 
@@ -533,19 +573,20 @@ def decode_attention(q: Tensor, gates: Tensor, k_cmp: Tensor, v_cmp: Tensor, k_s
         num_warps=tiles.num_warps, **blocks,
     )
     nbp = triton.next_power_of_2(triton.cdiv(C, l_slc))
-    _select[(B * H,)](
-        lengths, pm, pd, sp, smax, indices, indices.stride(0), indices.stride(1), H, C, n_tiles, p_cmp,
-        p_all, G=G, GC=min(triton.next_power_of_2(G), max(1, SELECT_ELEMENTS // nbp)),
-        PCP=triton.next_power_of_2(p_cmp), NBP=nbp, N_SEL=n,
-        NP=triton.next_power_of_2(n), num_warps=WARPS if nbp <= SELECT_WIDE_ROW else SELECT_WIDE_WARPS,
-        **blocks,
-    )
+    select = dict(GC=min(triton.next_power_of_2(G), max(1, SELECT_ELEMENTS // nbp)),
+                  PCP=triton.next_power_of_2(p_cmp), NBP=nbp, N_SEL=n, NP=triton.next_power_of_2(n),
+                  **blocks)
+    if not tiles.fuse_select:
+        _select[(B * H,)](
+            lengths, pm, pd, sp, smax, indices, indices.stride(0), indices.stride(1), H, C, n_tiles, p_cmp,
+            p_all, G=G, num_warps=WARPS if nbp <= SELECT_WIDE_ROW else SELECT_WIDE_WARPS, **select,
+        )
     _split_slc[(p_slc, B * H)](
-        q, k_slc, v_slc, lengths, indices, pm, pd, pa, cnt, q.stride(0), q.stride(1), k_slc.stride(0),
-        k_slc.stride(1), k_slc.stride(2), v_slc.stride(0), v_slc.stride(1), v_slc.stride(2),
-        indices.stride(0), indices.stride(1), H, G, dk, dv, C, scale, p_cmp + p_win, p_all, spp,
-        N_SEL=n, L_SLC=l_slc, BL=padded(l_slc), GP=gp, DKP=dkp, DVP=dvp, PREC=prec,
-        INTERP=interp, num_warps=tiles.num_warps,
+        q, k_slc, v_slc, lengths, indices, pm, pd, pa, cnt, sp, smax, q.stride(0), q.stride(1),
+        k_slc.stride(0), k_slc.stride(1), k_slc.stride(2), v_slc.stride(0), v_slc.stride(1), v_slc.stride(2),
+        indices.stride(0), indices.stride(1), H, G, dk, dv, C, n_tiles, scale, p_cmp, p_cmp + p_win, p_all,
+        spp, GROUP=G, BL=padded(l_slc), GP=gp, DKP=dkp, DVP=dvp, PREC=prec, FUSED=tiles.fuse_select,
+        INTERP=interp, num_warps=tiles.num_warps, **select,
     )
     _merge_combine[(B * H, G)](
         pm, pd, pa, cnt, gates, o, lse, reads, gates.stride(0), gates.stride(1), gates.stride(2),

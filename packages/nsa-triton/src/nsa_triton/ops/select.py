@@ -87,9 +87,9 @@ def _slc_fwd(Q, K, V, IDX, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_
 
 
 @triton.jit
-def top_n_row(score, j, c, IDX, N_SEL: tl.constexpr, NP: tl.constexpr):
-    """Eq. 11 for one query: score [NBP] of blocks j (-inf where a block does not exist), current
-    block c; writes the picks ascending to IDX[0:N_SEL], -1 padded."""
+def top_n_pick(score, j, c, N_SEL: tl.constexpr):
+    """Eq. 11 for one query: score [NBP] of blocks j (only blocks j <= c, the current block,
+    exist) -> taken [NBP] int32, 1 for the min(c + 1, N_SEL) selected blocks."""
     exists = j <= c
     forced = exists & ((j == 0) | (j == c) | (j == c - 1))
     key = tl.where(forced, float("inf"), tl.where(exists, score, float("-inf")))  # [NBP]
@@ -100,9 +100,17 @@ def top_n_row(score, j, c, IDX, N_SEL: tl.constexpr, NP: tl.constexpr):
         take = (j == best) & (k < picks)
         taken = tl.where(take, 1, taken)
         key = tl.where(take, float("-inf"), key)
+    return taken
+
+
+@triton.jit
+def top_n_row(score, j, c, IDX, N_SEL: tl.constexpr, NP: tl.constexpr):
+    """`top_n_pick`, the picks written ascending to IDX[0:N_SEL], -1 padded."""
+    taken = top_n_pick(score, j, c, N_SEL)
     rank = tl.cumsum(taken, 0) - 1  # [NBP]
     tl.store(IDX + rank, j, mask=taken > 0)
     slot = tl.arange(0, NP)
+    picks = tl.minimum(c + 1, N_SEL)
     tl.store(IDX + slot, tl.full([NP], -1, tl.int32), mask=(slot >= picks) & (slot < N_SEL))
 
 
