@@ -8,8 +8,8 @@ measured once at the start. Achieved TB/s is the bytes of the rows the step repo
 (`reads` * (dk + dv) * 2) over its time. Before timing, at the smallest S, the bf16 step is
 compared with the same step on float32 copies (o's relative error, share of equal indices).
 With `--variants`, work splits (`DecodeTiles`: programs per launch, rows per split at least,
-warps, the select fused into the selected branch) are timed first at S = 64k, batch 1 and 16, graph-captured. Times are
-`triton.testing.do_bench` medians on random inputs. Prints one table.
+warps, the select fused into the selected branch) are timed first at S = 64k, batch 1 and 16,
+graph-captured. Times are `triton.testing.do_bench` medians on random inputs. Prints one table.
 
     python packages/nsa-triton/benchmarks/time_decode.py [S ...] [--batch 1 16 64] [--variants]
 """
