@@ -12,12 +12,12 @@ OUT="${OUT:-/tmp/dtriton-out}"
 mkdir -p "$OUT"
 source scripts/device-install.sh
 unset TRITON_INTERPRET
-timeout 90 python3 -m pytest -q -p no:cacheprovider packages/nsa-triton/tests/test_decode.py \
+timeout 150 python3 -m pytest -q -p no:cacheprovider packages/nsa-triton/tests/test_decode.py \
     --junitxml "$OUT/test_decode.xml" > "$OUT/test_decode.log" 2>&1
 echo "test_decode rc=$?"
 tail -n 15 "$OUT/test_decode.log"
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(--variants)
-timeout 140 python3 packages/nsa-triton/benchmarks/time_decode.py "${args[@]}" > "$OUT/time_decode.log" 2>&1
+timeout 150 python3 packages/nsa-triton/benchmarks/time_decode.py "${args[@]}" > "$OUT/time_decode.log" 2>&1
 echo "time_decode rc=$?"
 tail -n 45 "$OUT/time_decode.log"
