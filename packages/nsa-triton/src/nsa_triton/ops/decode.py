@@ -23,6 +23,9 @@ partials in a fixed order (deterministic, no atomics). Four launches:
 4. `_merge_combine`: one program per (sequence, query head) merges each branch's partials, gates
    them (Eq. 5) and writes o and the three lse; head 0 of a group sums the rows read.
 
+With `DecodeTiles(fuse_select=True)` there is no launch 2: every program of launch 3 computes its
+row's scores and picks itself (the same ones; the first program writes the indices).
+
 The grid depends on the shapes and the cache capacity only, never on the lengths' values (a CUDA
 graph captures the step): each program derives its share from S_b on the device, and a share
 past the sequence writes an empty partial. Rows read are counted by the programs that load them.
