@@ -63,9 +63,10 @@ class TritonBackend:
                 "inputs multiply in IEEE float32; the forward saves the three branch outputs "
                 "(float32 [B, T, HQ, 3, dv]) for the backward",
                 "decode": "cache layout v2 (per-sequence lengths, window ring), split over programs "
-                "flash-decoding style, no host synchronisation (CUDA-graph capturable); tested against "
-                "the float64 reference under the interpreter only (tests/test_decode.py: float32, G in "
-                f"1, 2, 4, dk != dv, ties); G <= {MAX_GROUP}",
+                "flash-decoding style, no host synchronisation (CUDA-graph capturable); run only under "
+                "the interpreter so far: tests/test_decode.py against the float64 reference (float32, "
+                "G 1/2/4/32, dk != dv, exact ties, NaN-poisoned unused rows, reads) and the conformance "
+                f"decode cases; compiled for sm_90 offline; G <= {MAX_GROUP}",
                 "cpu": "only under Triton's interpreter (TRITON_INTERPRET=1 at construction)",
                 "sm90": "measured on an H200 (bench/results/nvidia-h200); sm_80/sm_89 compile through "
                 "Triton but have not been run here",
