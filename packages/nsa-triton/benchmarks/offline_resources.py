@@ -6,7 +6,10 @@ and integers marked as the JIT marks them, ints equal to 1 specialised), the ker
 for the target (default sm_90) with Triton's bundled ptxas, and ptxas's own report is printed
 (outputs of intercepted launches are left unwritten: only the resources are meaningful).
 
-    python packages/nsa-triton/benchmarks/offline_resources.py [T] [--arch 90] [--group G]
+    python packages/nsa-triton/benchmarks/offline_resources.py [T] [--arch 90] [--group G] [--decode B]
+
+With `--decode B` it compiles the decode step instead: B sequences in a layout-v2 cache of
+capacity T.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ def main() -> None:
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--group", type=int, default=16)
     parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--decode", type=int, metavar="B", default=0)
     a = parser.parse_args()
     from nsa_triton.backend import TritonBackend
 
@@ -118,6 +122,15 @@ def main() -> None:
         return torch.randn(*shape, dtype=torch.bfloat16)
 
     N = n_cmp(T, CFG)
+    if a.decode:
+        from nsa_triton.ops.decode import decode_attention
+
+        B, w = a.decode, CFG.window
+        with offline_compile(a.arch):
+            decode_attention(r(B, HQ, D), torch.sigmoid(r(B, HQ, 3)), r(B, N, H, D), r(B, N, H, D),
+                             r(B, T, H, D), r(B, T, H, D), r(B, w, H, D), r(B, w, H, D),
+                             torch.full((B,), T, dtype=torch.int64), CFG, D**-0.5)
+        return
     x = NSAInputs(r(1, T, HQ, D), r(1, N, H, D), r(1, N, H, D), r(1, T, H, D), r(1, T, H, D),
                   r(1, T, H, D), r(1, T, H, D), torch.sigmoid(r(1, T, HQ, 3)))
     be = TritonBackend()

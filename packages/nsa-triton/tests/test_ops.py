@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from nsa_spec import InvalidInputError, NSAConfig, NSAInputs, NSAOutput, UnsupportedError
+from nsa_spec import InvalidInputError, NSAConfig, NSAInputs, NSAOutput
 from nsa_spec import reference as ref
 from nsa_spec.blocks import n_slc_blocks
 from nsa_spec.reference.compress import compressed_attention as ref_compressed
@@ -126,12 +126,10 @@ def test_varlen_matches_reference():
     close(got.o, want.o)
 
 
-def test_decode_refused_and_backward_needs_the_saved_outputs():
+def test_backward_needs_the_saved_outputs():
     backend = TritonBackend()
-    assert backend.capabilities.ops == frozenset({"forward", "backward"})
+    assert backend.capabilities.ops == frozenset({"forward", "backward", "decode"})
     assert backend.capabilities.backward_needs == {"lse", "indices", "branch_o"}
-    with pytest.raises(UnsupportedError, match="no decode step yet"):
-        backend.decode(None, None, None, CFG)
     inputs = to_torch(make_inputs(np.random.default_rng(2), 1, 20, 2, 1, 8, 8))
     with pytest.raises(InvalidInputError, match=r"out\.branch_o must hold what the triton forward saved"):
         backend.backward(inputs, CFG, NSAOutput(inputs.q, inputs.gates, inputs.q), inputs.q)

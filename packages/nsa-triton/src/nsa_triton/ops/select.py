@@ -89,6 +89,34 @@ def _slc_fwd(Q, K, V, IDX, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_
 
 
 @triton.jit
+def top_n_pick(score, j, c, N_SEL: tl.constexpr):
+    """Eq. 11 for one query: score [NBP] of blocks j (only blocks j <= c, the current block,
+    exist) -> taken [NBP] int32, 1 for the min(c + 1, N_SEL) selected blocks."""
+    exists = j <= c
+    forced = exists & ((j == 0) | (j == c) | (j == c - 1))
+    key = tl.where(forced, float("inf"), tl.where(exists, score, float("-inf")))  # [NBP]
+    picks = tl.minimum(c + 1, N_SEL)
+    taken = tl.zeros_like(j)  # [NBP] int32
+    for k in tl.static_range(N_SEL):
+        best = tl.argmax(key, 0, tie_break_left=True)
+        take = (j == best) & (k < picks)
+        taken = tl.where(take, 1, taken)
+        key = tl.where(take, float("-inf"), key)
+    return taken
+
+
+@triton.jit
+def top_n_row(score, j, c, IDX, N_SEL: tl.constexpr, NP: tl.constexpr):
+    """`top_n_pick`, the picks written ascending to IDX[0:N_SEL], -1 padded."""
+    taken = top_n_pick(score, j, c, N_SEL)
+    rank = tl.cumsum(taken, 0) - 1  # [NBP]
+    tl.store(IDX + rank, j, mask=taken > 0)
+    slot = tl.arange(0, NP)
+    picks = tl.minimum(c + 1, N_SEL)
+    tl.store(IDX + slot, tl.full([NP], -1, tl.int32), mask=(slot >= picks) & (slot < N_SEL))
+
+
+@triton.jit
 def _top_n(S, IDX, ss_b, ss_t, ss_h, si_b, si_t, si_h, H, NB, L_SLC: tl.constexpr,
            N_SEL: tl.constexpr, NBP: tl.constexpr, NP: tl.constexpr):
     t = tl.program_id(0)
@@ -96,23 +124,9 @@ def _top_n(S, IDX, ss_b, ss_t, ss_h, si_b, si_t, si_h, H, NB, L_SLC: tl.constexp
     h = tl.program_id(1) % H
     j = tl.arange(0, NBP)
     c = t // L_SLC
-    exists = (j <= c) & (j < NB)
-    forced = exists & ((j == 0) | (j == c) | (j == c - 1))
-    row = b * si_b + t.to(tl.int64) * si_t + h * si_h
-    key = tl.load(S + b * ss_b + t.to(tl.int64) * ss_t + h * ss_h + j, mask=exists,
-                  other=float("-inf"))  # [NBP]
-    key = tl.where(forced, float("inf"), key)
-    picks = tl.minimum(c + 1, N_SEL)
-    taken = tl.zeros([NBP], tl.int32)
-    for k in tl.static_range(N_SEL):
-        best = tl.argmax(key, 0, tie_break_left=True)
-        take = (j == best) & (k < picks)
-        taken = tl.where(take, 1, taken)
-        key = tl.where(take, float("-inf"), key)
-    rank = tl.cumsum(taken, 0) - 1  # [NBP]
-    tl.store(IDX + row + rank, j, mask=taken > 0)
-    slot = tl.arange(0, NP)
-    tl.store(IDX + row + slot, tl.full([NP], -1, tl.int32), mask=(slot >= picks) & (slot < N_SEL))
+    score = tl.load(S + b * ss_b + t.to(tl.int64) * ss_t + h * ss_h + j, mask=(j <= c) & (j < NB),
+                    other=float("-inf"))  # [NBP]
+    top_n_row(score, j, c, IDX + b * si_b + t.to(tl.int64) * si_t + h * si_h, N_SEL, NP)
 
 
 def top_n(scores: Tensor, config: NSAConfig, num_warps: int | None = None) -> Tensor:
