@@ -43,16 +43,24 @@ ones token by token (`select.selected_attention`). H200, T = 32k, HQ = 64 (compa
 block by block is 4.27x / 3.02x / 2.14x / 1.37x faster at G = 1 / 2 / 4 / 8 and 0.71x at G = 16."""
 
 
-def _blockwise(q: Tensor, k_slc: Tensor, config: NSAConfig) -> bool:
+BLOCKWISE_DQ_MAX_GROUP = 2
+"""The same for the selected branch's dq. H200, T = 32k, prefill-groups (backward = forward+backward
+minus forward, token-by-token dq before, block by block after): G = 1 173.8 -> 95.2 ms, G = 2 109.0
+-> 83.8, G = 4 72.7 -> 72.6, G = 8 55.0 -> 66.8."""
+
+
+def _blockwise(q: Tensor, k_slc: Tensor, config: NSAConfig, max_group: int) -> bool:
     """Whether the selected branch runs block by block: the block's keys fit resident and
-    G <= BLOCKWISE_MAX_GROUP."""
-    return supports(config) and q.shape[2] // k_slc.shape[2] <= BLOCKWISE_MAX_GROUP
+    G <= max_group."""
+    return supports(config) and q.shape[2] // k_slc.shape[2] <= max_group
 
 
 def selected_forward(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Tensor, lse: Tensor,
                      config: NSAConfig, scale: float) -> None:
-    """Triton's selected stage (a `SelectedStage`): block by block or token by token (`_blockwise`)."""
-    stage = selected_attention_blockwise if _blockwise(q, k_slc, config) else selected_attention
+    """Triton's selected stage (a `SelectedStage`): block by block for G <= BLOCKWISE_MAX_GROUP, else
+    token by token."""
+    blockwise = _blockwise(q, k_slc, config, BLOCKWISE_MAX_GROUP)
+    stage = selected_attention_blockwise if blockwise else selected_attention
     stage(q, k_slc, v_slc, indices, o, lse, config, scale)
 
 
@@ -112,7 +120,8 @@ def _sequence_backward(a: dict[str, Tensor], out: NSAOutput, grad_o: Tensor,
     )
     dk_slc, dv_slc = selected_attention_backward(
         q, a["k_slc"], a["v_slc"], out.indices, grad_o, gates[..., 1], lse[..., 1], delta[..., 1], dq,
-        config, scale, dq_stage=selected_dq_blockwise if _blockwise(q, a["k_slc"], config) else None,
+        config, scale,
+        dq_stage=selected_dq_blockwise if _blockwise(q, a["k_slc"], config, BLOCKWISE_DQ_MAX_GROUP) else None,
     )
     dk_win, dv_win = window_attention_backward(
         q, a["k_win"], a["v_win"], grad_o, gates[..., 2], lse[..., 2], delta[..., 2], dq, config, scale
