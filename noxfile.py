@@ -85,7 +85,7 @@ def _build_wheels(session: nox.Session, dest: str) -> None:
     session.run("python", "-m", "pip", "wheel", "-q", "--no-deps", "-w", dest, *folders)
 
 
-@nox.session
+@nox.session(tags=["ci"])
 def build(session: nox.Session) -> None:
     """Every package's wheel into dist/: then `pip install --find-links dist nsa-triton` (README)."""
     _build_wheels(session, DIST)
