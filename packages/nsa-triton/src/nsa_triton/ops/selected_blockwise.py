@@ -38,11 +38,10 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def _slc_fwd_blocks(Q, K, V, TOK, SLOT, PIECES, PO, PL, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t,
-                    sv_h, st_bh, sp_bh, spo_b, spo_t, spo_s, spo_h, spl_b, spl_t, spl_s, spl_h, t0, T, H, G,
-                    DK, DV, scale, L_SLC: tl.constexpr, BL: tl.constexpr, BT: tl.constexpr,
-                    GP: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr,
-                    INTERP: tl.constexpr):
+def _piece_block(PIECES, K, V, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sp_bh, T, H, DK, DV, L_SLC: tl.constexpr,
+                 BL: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr):
+    """This program's piece of a block's list: (b, h, list start, end, the block's k [BL, DKP] and
+    v [BL, DVP], key positions [BL], which keys exist [BL])."""
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
@@ -60,6 +59,17 @@ def _slc_fwd_blocks(Q, K, V, TOK, SLOT, PIECES, PO, PL, sq_b, sq_t, sq_h, sk_b, 
                 mask=busy[:, None] & (ck[None, :] < DK), other=0.0)  # [BL, DKP]
     v = tl.load(V + b * sv_b + pos[:, None] * sv_t + h * sv_h + cv[None, :],
                 mask=busy[:, None] & (cv[None, :] < DV), other=0.0)  # [BL, DVP]
+    return b, h, bh, start, end, k, v, pos, key_ok
+
+
+@triton.jit
+def _slc_fwd_blocks(Q, K, V, TOK, SLOT, PIECES, PO, PL, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t,
+                    sv_h, st_bh, sp_bh, spo_b, spo_t, spo_s, spo_h, spl_b, spl_t, spl_s, spl_h, t0, T, H, G,
+                    DK, DV, scale, L_SLC: tl.constexpr, BL: tl.constexpr, BT: tl.constexpr,
+                    GP: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr,
+                    INTERP: tl.constexpr):
+    b, h, bh, start, end, k, v, pos, key_ok = _piece_block(PIECES, K, V, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
+                                                           sp_bh, T, H, DK, DV, L_SLC, BL, DKP, DVP)
     TOK += bh * st_bh
     SLOT += bh * st_bh
     Q += b * sq_b
@@ -150,23 +160,8 @@ def _slc_dq_blocks(Q, K, V, DO, GATE, LSE, DELTA, TOK, SLOT, PIECES, PQ, sq_b, s
                    st_bh, sp_bh, spq_b, spq_t, spq_s, spq_h, t0, T, H, G, DK, DV, scale,
                    L_SLC: tl.constexpr, BL: tl.constexpr, BT: tl.constexpr, GP: tl.constexpr,
                    DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    row = PIECES + bh * sp_bh + tl.program_id(0).to(tl.int64) * 3
-    blk = tl.load(row)
-    start = tl.load(row + 1)
-    end = tl.load(row + 2)
-    ck = tl.arange(0, DKP)
-    cv = tl.arange(0, DVP)
-    in_blk = tl.arange(0, BL)
-    pos = blk * L_SLC + in_blk  # [BL]
-    key_ok = (in_blk < L_SLC) & (pos < T)
-    busy = key_ok & (start < end)
-    k = tl.load(K + b * sk_b + pos[:, None] * sk_t + h * sk_h + ck[None, :],
-                mask=busy[:, None] & (ck[None, :] < DK), other=0.0)  # [BL, DKP]
-    v = tl.load(V + b * sv_b + pos[:, None] * sv_t + h * sv_h + cv[None, :],
-                mask=busy[:, None] & (cv[None, :] < DV), other=0.0)  # [BL, DVP]
+    b, h, bh, start, end, k, v, pos, key_ok = _piece_block(PIECES, K, V, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
+                                                           sp_bh, T, H, DK, DV, L_SLC, BL, DKP, DVP)
     TOK += bh * st_bh
     SLOT += bh * st_bh
     Q += b * sq_b
