@@ -67,12 +67,16 @@ class DenseAttention(nn.Module):
         k = apply_rope(self.k_proj(x).view(B, T, self.kv_heads, self.head_dim), positions, self.rope_base)
         v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, D]
-        gqa = self.heads != self.kv_heads
         if decoding:
+            # The G = heads / kv_heads queries of a group share its keys, values and mask: they are
+            # its G query rows, so the step reads each group's cache once (no GQA expansion).
             mask = cache.append(k, v)  # [B, 1, 1, capacity]
-            o = functional.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=mask, enable_gqa=gqa)
+            groups = q.reshape(B, self.kv_heads, self.heads // self.kv_heads, self.head_dim)  # [B, H, G, D]
+            o = functional.scaled_dot_product_attention(groups, cache.k, cache.v, attn_mask=mask)
+            o = o.reshape(B, self.heads, 1, self.head_dim)
         else:
-            o = functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            o = functional.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                       enable_gqa=self.heads != self.kv_heads)
             if cache is not None:
                 cache.fill(k, v)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
