@@ -4,8 +4,8 @@
 
 Prefills a random prompt of `--prompt-len` tokens into one preallocated cache per layer, generates
 `--new-tokens` greedily (eager steps, or replays of one captured CUDA graph step with
-`--cuda-graph`), prints the prefill time and decode tokens/s and, with `--out`, writes them as JSON
-with the device and commit.
+`--cuda-graph`) after an untimed 3-token warm-up, prints the prefill time and decode tokens/s
+and, with `--out`, writes them as JSON with the device and commit.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for flag, name in SIZES.items():
         parser.add_argument(f"--{flag}", type=int, default=getattr(defaults, name))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="time the first generation (by default a 3-token one on the same prompt runs "
+                             "first, so kernel compilation and autotuning are not timed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args(argv)
@@ -90,10 +93,13 @@ def run_one(args: argparse.Namespace, attention: str) -> dict:
     torch.manual_seed(args.seed)
     model = LM(cfg).to(device=args.device, dtype=args.dtype).eval()
     prompt = torch.randint(0, model.head.out_features, (args.batch, args.prompt_len), device=args.device)
+    if not args.no_warmup:
+        generate(model, prompt, min(3, args.new_tokens), cuda_graph=args.cuda_graph)
     result = generate(model, prompt, args.new_tokens, cuda_graph=args.cuda_graph,
                       progress=not args.no_progress)
     return {"attention": attention, "cuda_graph": args.cuda_graph, "prompt_len": args.prompt_len,
-            "new_tokens": args.new_tokens, "batch": args.batch, "parameters": parameter_count(model),
+            "new_tokens": args.new_tokens, "batch": args.batch, "warmup": not args.no_warmup,
+            "parameters": parameter_count(model),
             "prefill_s": result.prefill_s, "capture_s": result.capture_s, "decode_s": result.decode_s,
             "decode_steps": result.decode_steps,
             "tokens_per_s": args.batch * result.decode_steps / result.decode_s,
