@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from nsa_generate.decoding import generate, generate_without_cache
-from nsa_spec.errors import UnsupportedError
+from nsa_generate.decoding import generate, generate_without_cache, make_caches
+from nsa_spec.errors import InvalidInputError, UnsupportedError
 from nsa_train.config import ModelConfig
 from nsa_train.model import LM
 
@@ -67,3 +67,16 @@ def test_cuda_graph_refused_on_cpu():
     run = run_cli("--cuda-graph", "--device", "cpu", "--prompt-len", "16", "--new-tokens", "4")
     assert run.returncode == 2
     assert "--cuda-graph needs a CUDA device: device='cpu'" in run.stderr
+
+
+def test_caches_are_fixed_and_one_per_block():
+    model = tiny_model("dense")
+    prompt = torch.zeros(1, 6, dtype=torch.long)
+    caches = make_caches(model, 7)
+    with torch.inference_mode():
+        model(prompt, caches=caches)
+        model(prompt[:, :1], caches=caches)
+        with pytest.raises(InvalidInputError, match="a sequence needs 8 tokens but capacity=7"):
+            model(prompt[:, :1], caches=caches)
+        with pytest.raises(InvalidInputError, match=r"one cache per block: len\(caches\)=1, layers=2"):
+            model(prompt, caches=caches[:1])
