@@ -19,7 +19,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
-from nsa_generate.decoding import generate, require_cuda
+from nsa_generate.decoding import generate, nsa_backends, require_cuda
 from nsa_spec.errors import UnsupportedError
 from nsa_train.config import ModelConfig
 from nsa_train.model import ATTENTIONS, LM, parameter_count
@@ -100,6 +100,7 @@ def run_one(args: argparse.Namespace, attention: str) -> dict:
     return {"attention": attention, "cuda_graph": args.cuda_graph, "prompt_len": args.prompt_len,
             "new_tokens": args.new_tokens, "batch": args.batch, "warmup": not args.no_warmup,
             "parameters": parameter_count(model),
+            "nsa_backends": nsa_backends(model, args.batch, args.prompt_len, args.new_tokens),
             "prefill_s": result.prefill_s, "capture_s": result.capture_s, "decode_s": result.decode_s,
             "decode_steps": result.decode_steps,
             "tokens_per_s": args.batch * result.decode_steps / result.decode_s,

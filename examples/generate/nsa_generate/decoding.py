@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from nsa_spec.errors import InvalidInputError, UnsupportedError
 from nsa_torch import NSACache
+from nsa_torch.dispatch import backend_for, problem_for
 from nsa_train.dense_cache import DenseCache
 from nsa_train.model import LM
 from torch import Tensor
@@ -40,6 +41,20 @@ def make_caches(model: LM, capacity: int) -> list[NSACache | DenseCache]:
     if model.cfg.attention == "nsa":
         return [NSACache(capacity=capacity, growable=False) for _ in model.blocks]
     return [DenseCache(capacity) for _ in model.blocks]
+
+
+def nsa_backends(model: LM, batch: int, prompt_len: int, new_tokens: int) -> dict[str, str]:
+    """The backends dispatch picks for the NSA layers' prefill ("forward") and last decode step
+    (empty for dense attention)."""
+    if model.cfg.attention != "nsa":
+        return {}
+    layer = model.blocks[0].attn
+    p = next(model.parameters())
+    q = torch.empty(batch, 1, layer.num_heads, layer.head_dim, dtype=p.dtype, device=p.device)
+    sizes = {"forward": prompt_len, "decode": prompt_len + new_tokens - 1}
+    return {op: backend_for(problem_for(op, q, layer.num_kv_heads, layer.v_head_dim, layer.config,
+                                        tokens=tokens), layer.backend).name
+            for op, tokens in sizes.items()}
 
 
 def require_cuda(device: torch.device) -> None:

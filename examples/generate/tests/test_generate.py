@@ -57,6 +57,8 @@ def test_cli_writes_results(tmp_path):
     for r in results["runs"]:
         assert r["prompt_len"] == 64 and r["new_tokens"] == 6 and r["cuda_graph"] is False
         assert r["decode_steps"] == 5 and r["tokens_per_s"] > 0 and r["prefill_s"] > 0
+    assert set(results["runs"][0]["nsa_backends"]) == {"forward", "decode"}
+    assert results["runs"][1]["nsa_backends"] == {}
     assert results["device"]["type"] == "cpu" and "commit" in results
     assert "tokens/s" in run.stdout
 
