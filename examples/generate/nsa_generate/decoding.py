@@ -77,6 +77,7 @@ class GraphStep:
 
     def __init__(self, model: LM, caches: list, ids: Tensor) -> None:
         require_cuda(ids.device)
+        # The graph replays into the model's weights and the caches' storage: keep them alive.
         self.model, self.caches, self.ids = model, caches, ids.clone()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
