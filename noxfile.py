@@ -173,10 +173,12 @@ def torch(session: nox.Session) -> None:
 
 @nox.session(tags=["ci"])
 def train(session: nox.Session) -> None:
-    """examples/train on the CPU: tiny training, exact resume, SIGTERM, 2-process gloo DDP (torchrun)."""
+    """examples/train on the CPU: tiny training, exact resume, SIGTERM, 2-process gloo DDP (torchrun);
+    then examples/generate, which uses its model: cached decoding equals re-running the prefix, the CLI."""
     session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch", "pyyaml>=6", "tqdm>=4.60",
                     "matplotlib>=3.7", *TEST_DEPS)
     session.run("pytest", "examples/train/tests", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+    session.run("pytest", "examples/generate/tests", *session.posargs, env={"OMP_NUM_THREADS": "1"})
 
 
 @nox.session(tags=["ci"])

@@ -2,7 +2,9 @@
 
 Attention is `nsa_torch.NSAAttention` or `DenseAttention`, which has the same q/k/v/o projections
 and RoPE and runs `scaled_dot_product_attention(is_causal=True)` (query and key lengths are equal
-here, so its top-left aligned mask is the causal one).
+here, so its top-left aligned mask is the causal one). For generation, `LM(ids, caches=...)` takes
+one cache per block: `nsa_torch.NSACache` for NSA, `DenseCache` for dense attention; the first call
+is the prefill, each later one a decode step of one token per sequence.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import torch
 from nsa_spec import NSAConfig
 from nsa_spec.errors import InvalidInputError
-from nsa_torch import NSAAttention
+from nsa_torch import NSAAttention, NSACache
 from nsa_torch.ops.combine import gate_activation
 from nsa_torch.rope import apply_rope
 from torch import Tensor, nn
 from torch.nn import functional
 
 from nsa_train.config import ModelConfig
+from nsa_train.dense_cache import DenseCache
 from nsa_train.tokenizer import IGNORE, VOCAB_SIZE
 
 ATTENTIONS = ("nsa", "dense")
@@ -54,16 +57,28 @@ class DenseAttention(nn.Module):
         self.v_proj = nn.Linear(width, kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(heads * head_dim, width, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cache: DenseCache | None = None) -> Tensor:
+        """Without `cache` or with an empty one (then filled): causal attention over positions
+        0..T-1. With a filled one: x holds one token per sequence, at position `cache.lengths[b]`."""
         B, T, _ = x.shape
-        positions = torch.arange(T, device=x.device)
+        decoding = cache is not None and cache.k is not None
+        positions = cache.lengths[:, None] if decoding else torch.arange(T, device=x.device)
         q = apply_rope(self.q_proj(x).view(B, T, self.heads, self.head_dim), positions, self.rope_base)
         k = apply_rope(self.k_proj(x).view(B, T, self.kv_heads, self.head_dim), positions, self.rope_base)
         v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim)
-        o = functional.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
-            enable_gqa=self.heads != self.kv_heads,
-        )
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, D]
+        if decoding:
+            # The G = heads / kv_heads queries of a group share its keys, values and mask: they are
+            # its G query rows, so the step reads each group's cache once (no GQA expansion).
+            mask = cache.append(k, v)  # [B, 1, 1, capacity]
+            groups = q.reshape(B, self.kv_heads, self.heads // self.kv_heads, self.head_dim)  # [B, H, G, D]
+            o = functional.scaled_dot_product_attention(groups, cache.k, cache.v, attn_mask=mask)
+            o = o.reshape(B, self.heads, 1, self.head_dim)
+        else:
+            o = functional.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                       enable_gqa=self.heads != self.kv_heads)
+            if cache is not None:
+                cache.fill(k, v)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
 
 
@@ -86,14 +101,15 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.width, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.width, cfg.mlp_hidden)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x: Tensor, cache: NSACache | DenseCache | None = None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cache=cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class LM(nn.Module):
     """ids [B, T] -> logits [B, T, vocab]; with targets [B, T] (IGNORE where no loss), the mean
-    next-token cross-entropy instead (one call, so DDP sees a single forward)."""
+    next-token cross-entropy instead (one call, so DDP sees a single forward). With `caches` (one
+    per block), a prefill or a decode step (module docstring)."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int = VOCAB_SIZE) -> None:
         super().__init__()
@@ -109,10 +125,15 @@ class LM(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
-    def forward(self, ids: Tensor, targets: Tensor | None = None) -> Tensor:
+    def forward(self, ids: Tensor, targets: Tensor | None = None,
+                caches: list[NSACache | DenseCache] | None = None) -> Tensor:
+        if caches is not None and len(caches) != len(self.blocks):
+            raise InvalidInputError(
+                f"caches must hold one cache per block: len(caches)={len(caches)}, layers={len(self.blocks)}"
+            )
         x = self.embed(ids)
-        for block in self.blocks:
-            x = block(x)
+        for index, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[index])
         logits = self.head(self.norm(x))
         if targets is None:
             return logits
