@@ -81,3 +81,21 @@ def test_blockwise_dq_equals_tokenwise(monkeypatch, B, HQ, H, chunk):
         runs.append(dq)
     np.testing.assert_allclose(runs[0].cpu().numpy(), want.cpu().numpy(), rtol=1e-5, atol=1e-5)
     assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize(("HQ", "H", "forward", "dq"), [
+    (8, 8, "blocks", "blocks"), (8, 2, "blocks", "tokens"), (16, 2, "blocks", "tokens"),
+    (16, 1, "tokens", "tokens"),
+])
+def test_policy_picks_the_measured_strategy(monkeypatch, HQ, H, forward, dq):
+    """G <= BLOCKWISE_MAX_GROUP (8) runs the forward block by block, G <= BLOCKWISE_DQ_MAX_GROUP (2)
+    the dq; larger groups token by token (the H200 measurements in nsa.py)."""
+    from nsa_triton.ops import nsa
+
+    used = []
+    monkeypatch.setattr(nsa, "selected_attention_blockwise", lambda *a: used.append("blocks"))
+    monkeypatch.setattr(nsa, "selected_attention", lambda *a: used.append("tokens"))
+    q, k = torch.zeros(1, 4, HQ, 8), torch.zeros(1, 4, H, 8)
+    nsa.selected_forward(q, k, k, None, None, None, CFG, 1.0)
+    assert used == [forward]
+    assert nsa._blockwise(q, k, CFG, nsa.BLOCKWISE_DQ_MAX_GROUP) == (dq == "blocks")

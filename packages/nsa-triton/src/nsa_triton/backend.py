@@ -18,6 +18,7 @@ from nsa_torch.backend import TorchBackend
 from nsa_torch.tensors import capability_reasons
 
 from nsa_triton.ops.decode import MAX_GROUP
+from nsa_triton.ops.nsa import BLOCKWISE_DQ_MAX_GROUP, BLOCKWISE_MAX_GROUP
 from nsa_triton.ops.online import interpreted
 from nsa_triton.ops.select import TOP_N_MAX_BLOCKS
 
@@ -65,6 +66,10 @@ class TritonBackend:
                 "the float64 reference (tests/test_decode.py: float32, G 1/2/4/32, dk != dv, exact ties, "
                 "NaN-poisoned unused rows, reads) under the interpreter and compiled on an H200, and by "
                 f"the conformance decode cases; G <= {MAX_GROUP}",
+                "selected": "block by block (each key block read once for the rows that chose it) for "
+                f"G <= {BLOCKWISE_MAX_GROUP} in the forward and G <= {BLOCKWISE_DQ_MAX_GROUP} in dq, "
+                "token by token above: the faster one on an H200 at T = 32k (compare_selected.py, "
+                "prefill-groups)",
                 "cpu": "only under Triton's interpreter (TRITON_INTERPRET=1 at construction)",
                 "sm90": "measured on an H200 (bench/results/nvidia-h200); sm_80/sm_89 compile through "
                 "Triton but have not been run here",
