@@ -3,14 +3,10 @@ NSA layer's parts are timed, and the report has one row per T."""
 
 from __future__ import annotations
 
-import pytest
+import torch
+from nsa_spec import NSAConfig
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("nsa_torch")
-
-from nsa_spec import NSAConfig  # noqa: E402
-
-from bench import layer_paper  # noqa: E402
+from bench import layer_paper
 
 TINY = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=16, top_n=3, window=16)
 

@@ -6,7 +6,8 @@ and integers marked as the JIT marks them, ints equal to 1 specialised), the ker
 for the target (default sm_90) with Triton's bundled ptxas, and ptxas's own report is printed
 (outputs of intercepted launches are left unwritten: only the resources are meaningful).
 
-    python packages/nsa-triton/benchmarks/offline_resources.py [T] [--arch 90] [--group G] [--decode B]
+    python packages/nsa-triton/benchmarks/offline_resources.py [T] [--arch 90] [--group G] [--dim D]
+        [--dtype bfloat16|float16|float32] [--decode B] [--decode B]
 
 With `--decode B` it compiles the decode step instead: B sequences in a layout-v2 cache of
 capacity T.
@@ -112,6 +113,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=16)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--decode", type=int, metavar="B", default=0)
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     a = parser.parse_args()
     from nsa_triton.backend import TritonBackend
 
@@ -119,7 +121,7 @@ def main() -> None:
     H = HQ // a.group
 
     def r(*shape):
-        return torch.randn(*shape, dtype=torch.bfloat16)
+        return torch.randn(*shape, dtype=getattr(torch, a.dtype))
 
     N = n_cmp(T, CFG)
     if a.decode:

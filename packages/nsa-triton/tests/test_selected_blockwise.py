@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from nsa_spec import NSAConfig
 from nsa_spec.reference.select import selected_attention as ref_selected
 from nsa_triton.ops import select, selected_blockwise
 from test_ops import CFG, DEVICE, close, float32_values, make_inputs, to_torch
@@ -98,4 +99,14 @@ def test_policy_picks_the_measured_strategy(monkeypatch, HQ, H, forward, dq):
     q, k = torch.zeros(1, 4, HQ, 8), torch.zeros(1, 4, H, 8)
     nsa.selected_forward(q, k, k, None, None, None, CFG, 1.0)
     assert used == [forward]
-    assert nsa._blockwise(q, k, CFG, nsa.BLOCKWISE_DQ_MAX_GROUP) == (dq == "blocks")
+    assert nsa._blockwise(q, k, k, CFG, nsa.BLOCKWISE_DQ_MAX_GROUP) == (dq == "blocks")
+
+
+def test_wide_rows_and_long_blocks_take_the_token_kernels():
+    """Rows past MAX_ROW_BYTES (bf16 dk = dv = 256, float32 dk = dv = 128) or blocks past MAX_BLOCK
+    keys would not fit the block-by-block tiles' shared memory: those run token by token."""
+    assert selected_blockwise.supports(CFG, 128, 128, 2) and selected_blockwise.supports(CFG, 64, 64, 4)
+    assert not selected_blockwise.supports(CFG, 256, 256, 2)
+    assert not selected_blockwise.supports(CFG, 128, 128, 4)
+    long_blocks = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=128, top_n=4)
+    assert not selected_blockwise.supports(long_blocks, 64, 64, 2)

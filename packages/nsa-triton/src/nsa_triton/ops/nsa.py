@@ -49,17 +49,18 @@ minus forward, token-by-token dq before, block by block after): G = 1 173.8 -> 9
 -> 83.8, G = 4 72.7 -> 72.6, G = 8 55.0 -> 66.8."""
 
 
-def _blockwise(q: Tensor, k_slc: Tensor, config: NSAConfig, max_group: int) -> bool:
-    """Whether the selected branch runs block by block: the block's keys fit resident and
-    G <= max_group."""
-    return supports(config) and q.shape[2] // k_slc.shape[2] <= max_group
+def _blockwise(q: Tensor, k_slc: Tensor, v_slc: Tensor, config: NSAConfig, max_group: int) -> bool:
+    """Whether the selected branch runs block by block: its tiles fit (`selected_blockwise.supports`)
+    and G <= max_group."""
+    return (supports(config, q.shape[3], v_slc.shape[3], q.element_size())
+            and q.shape[2] // k_slc.shape[2] <= max_group)
 
 
 def selected_forward(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Tensor, lse: Tensor,
                      config: NSAConfig, scale: float) -> None:
     """Triton's selected stage (a `SelectedStage`): block by block for G <= BLOCKWISE_MAX_GROUP, else
     token by token."""
-    blockwise = _blockwise(q, k_slc, config, BLOCKWISE_MAX_GROUP)
+    blockwise = _blockwise(q, k_slc, v_slc, config, BLOCKWISE_MAX_GROUP)
     stage = selected_attention_blockwise if blockwise else selected_attention
     stage(q, k_slc, v_slc, indices, o, lse, config, scale)
 
@@ -118,10 +119,10 @@ def _sequence_backward(a: dict[str, Tensor], out: NSAOutput, grad_o: Tensor,
     dk_cmp, dv_cmp = compressed_attention_backward(
         q, a["k_cmp"], a["v_cmp"], grad_o, gates[..., 0], lse[..., 0], delta[..., 0], dq, config, scale
     )
+    blockwise_dq = _blockwise(q, a["k_slc"], a["v_slc"], config, BLOCKWISE_DQ_MAX_GROUP)
     dk_slc, dv_slc = selected_attention_backward(
         q, a["k_slc"], a["v_slc"], out.indices, grad_o, gates[..., 1], lse[..., 1], delta[..., 1], dq,
-        config, scale,
-        dq_stage=selected_dq_blockwise if _blockwise(q, a["k_slc"], config, BLOCKWISE_DQ_MAX_GROUP) else None,
+        config, scale, dq_stage=selected_dq_blockwise if blockwise_dq else None,
     )
     dk_win, dv_win = window_attention_backward(
         q, a["k_win"], a["v_win"], grad_o, gates[..., 2], lse[..., 2], delta[..., 2], dq, config, scale

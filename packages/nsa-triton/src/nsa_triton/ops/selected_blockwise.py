@@ -33,7 +33,9 @@ PARTIAL_BYTES = 1 << 30  # partial outputs of one token chunk, at most (the chun
 CHUNK_MIN = 1024
 PIECE_TOKENS = 256  # tokens of one block's list per program
 ROWS = 64  # (token, head) rows per tile
-MAX_BLOCK = 128  # a block's keys/values stay resident: l' up to this many keys
+MAX_BLOCK = 64  # a block's keys/values stay resident: l' up to this many keys (the size measured)
+MAX_ROW_BYTES = 512  # (padded dk + dv) * itemsize at most (bf16 dk = dv = 256: the dq kernel needs 257 KiB)
+
 NUM_WARPS = 4
 
 
@@ -264,9 +266,11 @@ def _chunks(indices: Tensor, n_blocks: int, chunk: int):
         yield t0, tc, tokens, slots, token_chunks(offsets, PIECE_TOKENS, tc * n)[0]
 
 
-def supports(config: NSAConfig) -> bool:
-    """Whether a block's keys/values fit resident (l' <= MAX_BLOCK)."""
-    return padded(config.slc_len) <= MAX_BLOCK
+def supports(config: NSAConfig, dk: int, dv: int, itemsize: int) -> bool:
+    """Whether a block's keys/values stay resident (l' <= MAX_BLOCK) and a row's q/dO fit the tiles'
+    shared-memory plan ((padded dk + dv) * itemsize <= MAX_ROW_BYTES); otherwise the token-by-token
+    kernels run."""
+    return padded(config.slc_len) <= MAX_BLOCK and (padded(dk) + padded(dv)) * itemsize <= MAX_ROW_BYTES
 
 
 def selected_attention_blockwise(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Tensor,
