@@ -9,14 +9,46 @@ and compiles its kernels with nvcc (`cuda-compile`).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.error_on_missing_interpreters = True
+
+
+# A session's virtualenv is removed when the session ends if less than this much disk is left free
+# where it lies: each one holds torch, triton and jax (1-2.5 GiB) and `-t ci` makes ten of them, more
+# than some CI machines have free (a run ran out of disk in its ninth session). With more room
+# they stay, for `nox -r`.
+PRUNE_BELOW_GIB = 20
+
+
+def _prune_when_disk_is_low(session: nox.Session) -> None:
+    location = getattr(session.virtualenv, "location", None)
+    if location is None or not os.path.isdir(location):
+        return
+    free_gib = shutil.disk_usage(location).free / 2**30
+    if free_gib < PRUNE_BELOW_GIB:
+        session.log(f"{free_gib:.1f} GiB free (< {PRUNE_BELOW_GIB}): removing this session's venv {location}")
+        shutil.rmtree(location, ignore_errors=True)
+
+
+def pruning_session(**options) -> Callable:
+    """`nox.session` whose venv is pruned when the session ends and the disk is low."""
+    def decorate(func: Callable[[nox.Session], None]) -> Callable:
+        @functools.wraps(func)
+        def run(session: nox.Session) -> None:
+            try:
+                func(session)
+            finally:
+                _prune_when_disk_is_low(session)
+        return nox.session(**options)(run)
+    return decorate
 
 CONSTRAINTS = ("-c", "constraints.txt")
 SPEC = "-e./packages/nsa-spec[grad]"
@@ -85,7 +117,7 @@ def _build_wheels(session: nox.Session, dest: str) -> None:
     session.run("python", "-m", "pip", "wheel", "-q", "--no-deps", "-w", dest, *folders)
 
 
-@nox.session(tags=["ci"])
+@pruning_session(tags=["ci"])
 def build(session: nox.Session) -> None:
     """Every package's wheel into dist/: then `pip install --find-links dist nsa-triton` (README)."""
     _build_wheels(session, DIST)
@@ -98,7 +130,7 @@ from nsa_spec.backends import backends, load_failures
 assert '{backend}' in backends() and not load_failures(), (sorted(backends()), load_failures())"""
 
 
-@nox.session(tags=["ci"])
+@pruning_session(tags=["ci"])
 def install(session: nox.Session) -> None:
     """Each package alone from a fresh wheelhouse into a fresh venv: it imports and its backend loads."""
     tmp = Path(session.create_tmp())
@@ -117,7 +149,7 @@ def install(session: nox.Session) -> None:
         shutil.rmtree(venv)
 
 
-@nox.session(tags=["ci"])
+@pruning_session(tags=["ci"])
 def lint(session: nox.Session) -> None:
     """ruff over the whole workspace."""
     session.install("ruff>=0.6")
@@ -142,7 +174,7 @@ def _conformance_session(backend: str) -> None:
 
     conformance.__doc__ = CONFORMANCE_DOCS.get(
         backend, "The conformance suite against one backend (conformance/README.md).")
-    nox.session(name=f"conformance-{backend}", tags=[] if backend in GPU_ONLY else ["ci"])(conformance)
+    pruning_session(name=f"conformance-{backend}", tags=[] if backend in GPU_ONLY else ["ci"])(conformance)
 
 
 CONFORMANCE_DOCS = {
@@ -157,21 +189,21 @@ for _backend in BACKEND_PACKAGES:
     _conformance_session(_backend)
 
 
-@nox.session(tags=["ci"])
+@pruning_session(tags=["ci"])
 def spec(session: nox.Session) -> None:
     """nsa-spec's own tests: block math, reference, counters, gradients, contract."""
     session.install(*CONSTRAINTS, SPEC, *TEST_DEPS)
     session.run("pytest", "packages/nsa-spec/tests", *CPU_WORKERS, *session.posargs)
 
 
-@nox.session(tags=["ci"])
+@pruning_session(tags=["ci"])
 def torch(session: nox.Session) -> None:
     """nsa-torch's own tests: ops, module, cache, dispatch, toy training, the transformers conversion."""
     session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch[transformers]", "matplotlib", *TEST_DEPS)
     session.run("pytest", "packages/nsa-torch/tests", *CPU_WORKERS, *session.posargs)
 
 
-@nox.session(tags=["ci"])
+@pruning_session(tags=["ci"])
 def train(session: nox.Session) -> None:
     """examples/train on the CPU: tiny training, exact resume, SIGTERM, 2-process gloo DDP (torchrun);
     then examples/generate, which uses its model: cached decoding equals re-running the prefix, the CLI."""
@@ -181,7 +213,7 @@ def train(session: nox.Session) -> None:
     session.run("pytest", "examples/generate/tests", *session.posargs, env={"OMP_NUM_THREADS": "1"})
 
 
-@nox.session(tags=["ci"])
+@pruning_session(tags=["ci"])
 def triton(session: nox.Session) -> None:
     """nsa-triton's kernel tests against the float64 oracle, under Triton's interpreter on the CPU."""
     session.install(*CONSTRAINTS, SPEC, "-e./packages/nsa-torch", "-e./packages/nsa-triton", *TEST_DEPS)
@@ -189,7 +221,7 @@ def triton(session: nox.Session) -> None:
                 env={"TRITON_INTERPRET": "1"})
 
 
-@nox.session(tags=["ci"])
+@pruning_session(tags=["ci"])
 def cuda(session: nox.Session) -> None:
     """nsa-cuda's own tests without a GPU: capability honesty, refusal reasons, input checks."""
     session.install(*CONSTRAINTS, SPEC, *BACKEND_PACKAGES["cuda"], *TEST_DEPS)
@@ -214,7 +246,7 @@ def _nvcc() -> str | None:
     return found
 
 
-@nox.session(name="cuda-compile", tags=["ci"], venv_backend="none")
+@pruning_session(name="cuda-compile", tags=["ci"], venv_backend="none")
 def cuda_compile(session: nox.Session) -> None:
     """Every .cu of nsa-cuda through `nvcc -c` for sm_80 and sm_90a, warnings as errors, no GPU needed."""
     nvcc = _nvcc()
@@ -233,14 +265,14 @@ def cuda_compile(session: nox.Session) -> None:
                     str(source), external=True)
 
 
-@nox.session
+@pruning_session()
 def demo(session: nox.Session) -> None:
     """Draw NSA's block selection (demo-out/selection.png) and print measured decode reads."""
     session.install(*CONSTRAINTS, "-e./packages/nsa-spec", "-e./packages/nsa-torch", "matplotlib")
     session.run("python", "-m", "nsa_torch.demo", *session.posargs)
 
 
-@nox.session(tags=["ci"])
+@pruning_session(tags=["ci"])
 def bench(session: nox.Session) -> None:
     """bench/tests on the CPU: the FLOP/byte model, CSV and threshold logic, the runner at tiny sizes."""
     session.install(*CONSTRAINTS, "-e./packages/nsa-spec", "-e./packages/nsa-torch", "matplotlib>=3.7",
@@ -267,7 +299,7 @@ def _ensure_chromium(session: nox.Session) -> None:
     session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=apt)
 
 
-@nox.session(tags=["ci"])
+@pruning_session(tags=["ci"])
 def docs(session: nox.Session) -> None:
     """The spec site: `mkdocs build --strict`, then its tests (snippets, API coverage, Chromium render)."""
     _ensure_chromium(session)
