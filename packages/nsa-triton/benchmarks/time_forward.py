@@ -1,10 +1,11 @@
 """Per-stage forward times of backend "triton" beside cuDNN dense causal attention, on a GPU.
 
-Variants of the kernels' tiles (rows r, key tile bn, warps w, stages s) are timed beside the
-defaults. Paper shape: bf16, B=1, HQ=64, H=4, dk=dv=128, l=32, d=16, l'=64,
-n=16, w=512. Before timing, the outputs at the smallest T are compared with backend "torch"
-(relative error of o, share of equal indices). Times are `triton.testing.do_bench` medians on
-random inputs. Prints one table.
+"scores" and "top-n" are the two-pass form (a float32 score matrix [T, H, n_blocks] between them),
+"scores+top-n" the one-pass `importance_top_n` the forward runs. Variants of the kernels' tiles
+(rows r, key tile bn, warps w, stages s) are timed beside the defaults. Paper shape: bf16, B=1,
+HQ=64, H=4, dk=dv=128, l=32, d=16, l'=64, n=16, w=512. Before timing, the outputs at the smallest
+T are compared with backend "torch" (relative error of o, share of equal indices). Times are
+`triton.testing.do_bench` medians on random inputs. Prints one table.
 
     python packages/nsa-triton/benchmarks/time_forward.py [T ...]
 """
@@ -19,7 +20,7 @@ from nsa_spec import NSAConfig, NSAInputs
 from nsa_spec.blocks import n_cmp, n_slc_blocks
 from nsa_torch.backend import TorchBackend
 from nsa_triton.backend import TritonBackend
-from nsa_triton.ops.compress import compressed_attention, importance_scores
+from nsa_triton.ops.compress import compressed_attention, importance_scores, importance_top_n
 from nsa_triton.ops.select import selected_attention, top_n
 from nsa_triton.ops.window import window_attention
 
@@ -52,6 +53,7 @@ def stage_times(x: NSAInputs) -> dict[str, float]:
         "cmp": lambda: compressed_attention(x.q, x.k_cmp, x.v_cmp, o_cmp, lse[..., 0], CFG, scale),
         "scores": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale),
         "top-n": lambda: top_n(scores, CFG),
+        "scores+top-n": lambda: importance_top_n(x.q, x.k_cmp, lse[..., 0], CFG, scale),
         "slc": lambda: selected_attention(x.q, x.k_slc, x.v_slc, idx, o_slc, lse[..., 1], CFG, scale),
         "win+comb": lambda: window_attention(x.q, x.k_win, x.v_win, x.gates, branch_o, o,
                                            lse[..., 2], CFG, scale),
@@ -62,6 +64,9 @@ def stage_times(x: NSAInputs) -> dict[str, float]:
         "scores r64w8": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 64, 64, 8),
         "scores bn128": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 64, 128, 4),
         "scores r32": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 32, 64, 4),
+        "scores+top-n r32": lambda: importance_top_n(x.q, x.k_cmp, lse[..., 0], CFG, scale, 32, 64, 4),
+        "scores+top-n r128w8": lambda: importance_top_n(x.q, x.k_cmp, lse[..., 0], CFG, scale, 128, 64, 8),
+        "scores+top-n bn128": lambda: importance_top_n(x.q, x.k_cmp, lse[..., 0], CFG, scale, 64, 128, 4),
         "top-n w1": lambda: top_n(scores, CFG, 1),
         "top-n w2": lambda: top_n(scores, CFG, 2),
         "top-n w8": lambda: top_n(scores, CFG, 8),
@@ -98,7 +103,7 @@ def check_against_torch(T: int) -> str:
 def main(seqlens: list[int]) -> None:
     print(torch.cuda.get_device_name(), "triton", triton.__version__, "torch", torch.__version__)
     print(check_against_torch(min(seqlens)), flush=True)
-    stages = ("cmp", "scores", "top-n", "slc", "win+comb", "total")
+    stages = ("cmp", "scores", "top-n", "scores+top-n", "slc", "win+comb", "total")
     rows = []
     for T in seqlens:
         x = make_inputs(T)

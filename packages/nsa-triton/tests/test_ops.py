@@ -79,6 +79,35 @@ def test_importance_scores_match_reference():
     close(got[0], want)
 
 
+MANY_BLOCKS = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=8, top_n=16)  # 38 blocks at T = 300: 3 chunks
+
+
+@pytest.mark.parametrize(
+    ("B", "T", "HQ", "H", "config", "zero_q", "dtype"),
+    [(2, 200, 4, 2, CFG, False, torch.float32), (1, 200, 4, 2, CFG, True, torch.float32),
+     (1, 150, 2, 2, NSAConfig(cmp_len=4, cmp_stride=2, slc_len=8, top_n=5), True, torch.float32),
+     (1, 300, 8, 1, MANY_BLOCKS, False, torch.float32), (1, 300, 8, 1, MANY_BLOCKS, True, torch.float32),
+     (1, 200, 4, 2, CFG, False, torch.bfloat16)],
+)
+def test_importance_top_n_equals_two_pass(B, T, HQ, H, config, zero_q, dtype):
+    """The one-pass ranking picks what top_n picks from the whole score matrix. q = 0 makes every
+    visible compressed token equally likely, so many blocks tie and the tie rule decides."""
+    inputs = make_inputs(np.random.default_rng(T + HQ), B, T, HQ, H, 16, 16, config)
+    a = {n: torch.from_numpy(x).to(DEVICE, dtype) for n, x in inputs.arrays().items()}
+    q = torch.zeros_like(a["q"]) if zero_q else a["q"]
+    scale = config.softmax_scale(16)
+    o = torch.empty((B, T, HQ, 16), dtype=torch.float32, device=DEVICE)
+    lse = torch.empty((B, T, HQ), dtype=torch.float32, device=DEVICE)
+    compress.compressed_attention(q, a["k_cmp"], a["v_cmp"], o, lse, config, scale)
+    scores = compress.importance_scores(q, a["k_cmp"], lse, n_slc_blocks(T, config), config, scale)
+    want = select.top_n(scores, config)
+    got = compress.importance_top_n(q, a["k_cmp"], lse, config, scale)
+    np.testing.assert_array_equal(got.cpu().numpy(), want.cpu().numpy())
+    if zero_q:
+        ties = (scores[..., 1:] == scores[..., :-1]) & (scores[..., 1:] > 0)
+        assert ties.any(), "q = 0 was meant to make ties"
+
+
 SMALL = NSAConfig(cmp_len=4, cmp_stride=2, slc_len=8, top_n=5)
 
 

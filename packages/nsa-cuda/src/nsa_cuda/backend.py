@@ -31,7 +31,7 @@ NOT_IMPLEMENTED = {
     "decode": "the cuda decode step is not implemented yet (backend 'torch' has one)",
 }
 NOTES = {
-    "composition": "forward = triton's compress, importance_scores, top_n and window+combine around "
+    "composition": "forward = triton's compress, importance_top_n and window+combine around "
     "cuda's selected-branch kernel; the triton stages' refusals are listed as 'triton stage: ...'",
     "sm80": "selected kernel: mma.sync m16n8k16 (bf16/fp16 operands, float32 online softmax), one CTA "
     "per (token, kv head) with the G heads as its 16 mma rows, 16-key tiles per warp through a "

@@ -21,6 +21,7 @@ from nsa_triton.ops.decode import MAX_GROUP
 from nsa_triton.ops.nsa import BLOCKWISE_DQ_MAX_GROUP, BLOCKWISE_MAX_GROUP
 from nsa_triton.ops.online import interpreted
 from nsa_triton.ops.select import TOP_N_MAX_BLOCKS
+from nsa_triton.ops.selected_blockwise import MAX_BLOCK, MAX_ROW_BYTES
 
 DTYPES = ("float32", "bfloat16", "float16")
 HEAD_DIMS = frozenset(range(1, 257))
@@ -38,8 +39,8 @@ PREFERENCES = (
 class TritonBackend:
     """Triton kernels: the selected branch per (token, kv head) over its n blocks (G > 8) or block
     by block over the rows that selected each block (G <= 8), a causal band for the window, a tiled
-    pass for the compressed branch and its block scores; their backward from the forward's saved
-    lse, indices and branch outputs; a batched decode step."""
+    pass for the compressed branch and one that ranks its block scores as it computes them; their
+    backward from the forward's saved lse, indices and branch outputs; a batched decode step."""
 
     name = "triton"
     priority = 5
@@ -69,7 +70,11 @@ class TritonBackend:
                 "selected": "block by block (each key block read once for the rows that chose it) for "
                 f"G <= {BLOCKWISE_MAX_GROUP} in the forward and G <= {BLOCKWISE_DQ_MAX_GROUP} in dq, "
                 "token by token above: the faster one on an H200 at T = 32k (compare_selected.py, "
-                "prefill-groups)",
+                f"prefill-groups); block by block only where its tiles fit: l' <= {MAX_BLOCK} and "
+                f"(padded dk + dv) * itemsize <= {MAX_ROW_BYTES} bytes, token by token otherwise",
+                "top_n": "importance scores and top-n in one pass (a running top-n per token, no "
+                "block-score matrix in memory); the decode step holds a row of at most "
+                f"{TOP_N_MAX_BLOCKS} block scores",
                 "cpu": "only under Triton's interpreter (TRITON_INTERPRET=1 at construction)",
                 "sm90": "measured on an H200 (bench/results/nvidia-h200); sm_80/sm_89 compile through "
                 "Triton but have not been run here",
@@ -85,14 +90,14 @@ class TritonBackend:
         return None
 
     def not_supported_reasons(self, problem: Problem) -> list[str]:
-        """The capability rules `problem` breaks, a missing CUDA device, more selection blocks
-        than one top-n program holds, and (decode) a group larger than one tile."""
+        """The capability rules `problem` breaks, a missing CUDA device, and (decode) more selection
+        blocks than its top-n program holds or a group larger than one tile."""
         reasons = capability_reasons(self.capabilities, problem)
         blocks = -(-problem.tokens // problem.config.slc_len)
-        if blocks > TOP_N_MAX_BLOCKS:
+        if problem.op == "decode" and blocks > TOP_N_MAX_BLOCKS:
             reasons.append(
                 f"T={problem.tokens} makes {blocks} selection blocks of l'={problem.config.slc_len}; "
-                f"the top-n kernel holds at most {TOP_N_MAX_BLOCKS}"
+                f"the decode step's top-n program holds at most {TOP_N_MAX_BLOCKS}"
             )
         if problem.op == "decode" and problem.group_size > MAX_GROUP:
             reasons.append(

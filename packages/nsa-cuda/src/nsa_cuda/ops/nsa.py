@@ -1,5 +1,5 @@
 """The forward of backend "cuda": triton's composition (`nsa_triton.ops.nsa.nsa_attention`:
-compressed branch, importance scores, top-n, window fused with the gated combine) with the
+compressed branch, importance scores with top-n in one pass, window fused with the gated combine) with the
 selected branch on this package's kernel. Nothing else is duplicated."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from nsa_triton.ops import nsa as triton_nsa
 from nsa_cuda.ops.select import selected_attention
 
 COMPOSED_STAGES = {
-    "compress": "triton", "importance_scores": "triton", "top_n": "triton", "selected": "cuda",
+    "compress": "triton", "importance_top_n": "triton", "selected": "cuda",
     "window+combine": "triton",
 }
 """Which backend computes each forward stage (shown by `python -m nsa_spec.info`)."""

@@ -5,8 +5,11 @@ the G query heads of one kv head (rows = (token, head) pairs) and runs an online
 visible compressed tokens, writing o (float32) and the log-sum-exp. A second pass, with the
 log-sum-exp known, recomputes p_cmp, sums it over the group and maps it onto selection blocks:
 score[j] = sum_i M[i, j] p[i] with M[i, j] = |[i*d, i*d + l) n [j*l', (j+1)*l')| / d. Each
-program owns whole output blocks (it loads the l/d - 1 tokens of halo a block shares with its
-left neighbour), so no score is written twice and the pass is deterministic.
+program owns whole blocks (it loads the l/d - 1 tokens of halo a block shares with its left
+neighbour), so every score comes from one program and the pass is deterministic. The forward
+ranks the scores in that pass (`importance_top_n`, Eqs. 9-11) and keeps only each token's running
+top n; `importance_scores` writes the whole score matrix instead (the two-pass baseline of
+benchmarks/time_forward.py, and the scores' test against the reference).
 
 Backward (`nsa_triton.ops.attention_grad` has the step): one program per compressed-key tile
 walks the row tiles of the tokens that can see it (from token i*d + l - 1 on) and writes that
@@ -31,6 +34,7 @@ from nsa_triton.ops.attention_grad import (
     load_rows,
 )
 from nsa_triton.ops.online import dot, finish, interpreted, online_step
+from nsa_triton.ops.select import top_n_key, top_n_merge, top_n_store
 from nsa_triton.ops.tiles import dot_precision, group_tile, padded
 
 CMP_BWD_PROGRAMS = 1056
@@ -101,10 +105,12 @@ def _cmp_fwd(Q, K, V, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n, sv
 
 
 @triton.jit
-def _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, scale,
-                 L_CMP: tl.constexpr, D_CMP: tl.constexpr, L_SLC: tl.constexpr, BJ: tl.constexpr,
-                 BT: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, BJP: tl.constexpr,
-                 DKP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
+def _block_scores(j0, q, t, row_ok, lse, K, sk_n, N, DK, scale, L_CMP: tl.constexpr, D_CMP: tl.constexpr,
+                  L_SLC: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, GP: tl.constexpr,
+                  BN: tl.constexpr, BJP: tl.constexpr, DKP: tl.constexpr, PREC: tl.constexpr,
+                  INTERP: tl.constexpr):
+    """Group-summed scores of selection blocks j0 .. j0 + BJ - 1 for the tile's BT tokens -> score
+    [BT, BJP] (padded columns 0), from the BN compressed tokens that overlap them (with the halo)."""
     ck = tl.arange(0, DKP)
     jl = tl.arange(0, BJP)
     i = j0 * (L_SLC // D_CMP) - (L_CMP // D_CMP - 1) + tl.arange(0, BN)
@@ -120,7 +126,18 @@ def _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, sca
     w = tl.where(in_range[:, None] & (jl[None, :] < BJ), w, 0.0)  # [BN, BJP] overlap weights
     # An explicit dot at the inputs' precision: a broadcast multiply-sum is rewritten by the
     # compiler into a tf32 dot even for float32 inputs (5e-4 relative error on the H200).
-    score = tl.sum(tl.reshape(dot(p, w, PREC, INTERP), [BT, GP, BJP]), 1)  # [BT, BJP]
+    return tl.sum(tl.reshape(dot(p, w, PREC, INTERP), [BT, GP, BJP]), 1)  # [BT, BJP]
+
+
+@triton.jit
+def _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, scale,
+                 L_CMP: tl.constexpr, D_CMP: tl.constexpr, L_SLC: tl.constexpr, BJ: tl.constexpr,
+                 BT: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, BJP: tl.constexpr,
+                 DKP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
+    score = _block_scores(j0, q, t, row_ok, lse, K, sk_n, N, DK, scale, L_CMP, D_CMP, L_SLC, BJ, BT, GP,
+                          BN, BJP, DKP, PREC, INTERP)  # [BT, BJP]
+    jl = tl.arange(0, BJP)
+    j = j0 + jl
     tl.store(S + tok.to(tl.int64)[:, None] * ss_t + j[None, :], score,
              mask=(tok[:, None] < T) & (jl[None, :] < BJ) & (j[None, :] < NB))
 
@@ -157,6 +174,57 @@ def _cmp_scores(Q, K, LSE, S, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sl_b, sl_t, sl
         for j0 in range(0, j_hi, BJ):
             _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, scale, L_CMP,
                          D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, PREC, INTERP)
+
+
+@triton.jit
+def _top_n_tile(j0, q, t, row_ok, lse, c, best, best_j, K, sk_n, N, DK, scale, L_CMP: tl.constexpr,
+                D_CMP: tl.constexpr, L_SLC: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr,
+                GP: tl.constexpr, BN: tl.constexpr, BJP: tl.constexpr, DKP: tl.constexpr, NP: tl.constexpr,
+                PREC: tl.constexpr, INTERP: tl.constexpr):
+    score = _block_scores(j0, q, t, row_ok, lse, K, sk_n, N, DK, scale, L_CMP, D_CMP, L_SLC, BJ, BT, GP,
+                          BN, BJP, DKP, PREC, INTERP)  # [BT, BJP]
+    jl = tl.arange(0, BJP)
+    j = j0 + jl
+    key = tl.where(jl[None, :] < BJ, top_n_key(score, j[None, :], c[:, None]), float("-inf"))  # [BT, BJP]
+    return top_n_merge(best, best_j, key, j, NP, BJP)
+
+
+@triton.jit
+def _cmp_top_n(Q, K, LSE, IDX, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sl_b, sl_t, sl_h, si_b, si_t, si_h,
+               T, N, H, G, DK, scale, L_CMP: tl.constexpr, D_CMP: tl.constexpr, L_SLC: tl.constexpr,
+               BJ: tl.constexpr, BT: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, BJP: tl.constexpr,
+               DKP: tl.constexpr, N_SEL: tl.constexpr, NP: tl.constexpr, PREC: tl.constexpr,
+               INTERP: tl.constexpr):
+    tl.static_assert(NP >= N_SEL, "the running top-n keeps at least n blocks")
+    pid_t = tl.program_id(0)
+    b = (tl.program_id(1) // H).to(tl.int64)
+    h = tl.program_id(1) % H
+    t, g, row_ok = _rows(pid_t, T, G, BT, GP)
+    hq = h * G + g
+    ck = tl.arange(0, DKP)
+    q = tl.load(Q + b * sq_b + t.to(tl.int64)[:, None] * sq_t + hq[:, None] * sq_h + ck[None, :],
+                mask=row_ok[:, None] & (ck[None, :] < DK), other=0.0)  # [BT * GP, DKP]
+    lse = tl.load(LSE + b * sl_b + t.to(tl.int64) * sl_t + hq * sl_h, mask=row_ok, other=float("-inf"))
+    lse = tl.where(lse == float("-inf"), 0.0, lse)
+    t_last = tl.minimum(pid_t * BT + BT - 1, T - 1)
+    n_hi = tl.minimum(tl.maximum(t_last + 1 - L_CMP + D_CMP, 0) // D_CMP, N)
+    j_hi = (n_hi * D_CMP + L_CMP + L_SLC - 1) // L_SLC  # > the current block of every token of the tile
+    tok = pid_t * BT + tl.arange(0, BT)
+    c = tok // L_SLC  # [BT] current blocks
+    best = tl.full([BT, NP], float("-inf"), tl.float32)
+    best_j = tl.full([BT, NP], -1, tl.int32)
+    K += b * sk_b + h * sk_h
+    if INTERP:
+        j0 = 0
+        while j0 < j_hi:
+            best, best_j = _top_n_tile(j0, q, t, row_ok, lse, c, best, best_j, K, sk_n, N, DK, scale, L_CMP,
+                                       D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, NP, PREC, INTERP)
+            j0 += BJ
+    else:
+        for j0 in range(0, j_hi, BJ):
+            best, best_j = _top_n_tile(j0, q, t, row_ok, lse, c, best, best_j, K, sk_n, N, DK, scale, L_CMP,
+                                       D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, NP, PREC, INTERP)
+    top_n_store(best, best_j, IDX + b * si_b + tok.to(tl.int64) * si_t + h * si_h, tok < T, N_SEL, NP)
 
 
 def _blocks_per_tile(config: NSAConfig, bn: int) -> int:
@@ -204,6 +272,34 @@ def importance_scores(q: Tensor, k_cmp: Tensor, lse: Tensor, n_blocks: int, conf
         INTERP=interpreted(), num_warps=num_warps,
     )
     return scores
+
+
+def importance_top_n(q: Tensor, k_cmp: Tensor, lse: Tensor, config: NSAConfig, scale: float,
+                     rows: int = 64, bn: int = 64, num_warps: int = 4) -> Tensor:
+    """Eqs. 9-11 in one pass -> indices [B, T, H, n] (int32, ascending, -1 padded), as `top_n` of
+    `importance_scores`, given the compressed branch's lse [B, T, HQ].
+
+    Each program ranks the block scores of its tokens as it computes them, a chunk of blocks at a
+    time (`select.top_n_merge`), and keeps only the running top n: no [B, T, H, n_blocks] score
+    matrix, so memory beyond the inputs is the indices. The scores are `importance_scores`' own
+    (same tiles, same arithmetic), so the picks are the two-pass ones, ties included."""
+    B, T, HQ, dk = q.shape
+    N, H = k_cmp.shape[1], k_cmp.shape[2]
+    bt, gp = group_tile(HQ // H, rows)
+    per_block = config.slc_len // config.cmp_stride
+    halo = config.cmp_len // config.cmp_stride - 1
+    bn = max(bn, padded(per_block + halo))
+    bj = _blocks_per_tile(config, bn)
+    indices = torch.empty((B, T, H, config.top_n), dtype=torch.int32, device=q.device)
+    _cmp_top_n[(triton.cdiv(T, bt), B * H)](
+        q, k_cmp, lse, indices, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1),
+        k_cmp.stride(2), lse.stride(0), lse.stride(1), lse.stride(2), indices.stride(0), indices.stride(1),
+        indices.stride(2), T, N, H, HQ // H, dk, scale, L_CMP=config.cmp_len, D_CMP=config.cmp_stride,
+        L_SLC=config.slc_len, BJ=bj, BT=bt, GP=gp, BN=bn, BJP=padded(bj), DKP=padded(dk),
+        N_SEL=config.top_n, NP=triton.next_power_of_2(config.top_n), PREC=dot_precision(q.dtype),
+        INTERP=interpreted(), num_warps=num_warps,
+    )
+    return indices
 
 
 @triton.jit

@@ -1,5 +1,6 @@
-"""The composition, as `nsa_torch.ops.nsa`: compressed branch, importance scores, top-n, selected
-branch, and the window branch fused with the gated combine; then the backward of it all.
+"""The composition, as `nsa_torch.ops.nsa`: compressed branch, importance scores with top-n in one
+pass (`compress.importance_top_n`: no score matrix in memory), selected branch, and the window
+branch fused with the gated combine; then the backward of it all.
 
 The branch outputs go to one float32 buffer `branch_o` [B, T, HQ, 3, dv] (compressed, selected,
 window); the window kernel reads the first two, writes the third and the gated o in q's dtype.
@@ -19,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from nsa_spec.blocks import n_slc_blocks
 from nsa_spec.config import NSAConfig
 from nsa_spec.contract import ARRAYS, NSAGrads, NSAInputs, NSAOutput
 from nsa_spec.errors import InvalidInputError
@@ -27,8 +27,8 @@ from nsa_torch.tensors import packed_sequences, prepare
 from torch import Tensor
 
 from nsa_triton.ops.combine import combine_backward
-from nsa_triton.ops.compress import compressed_attention, compressed_attention_backward, importance_scores
-from nsa_triton.ops.select import selected_attention, selected_attention_backward, top_n
+from nsa_triton.ops.compress import compressed_attention, compressed_attention_backward, importance_top_n
+from nsa_triton.ops.select import selected_attention, selected_attention_backward
 from nsa_triton.ops.selected_blockwise import selected_attention_blockwise, selected_dq_blockwise, supports
 from nsa_triton.ops.window import window_attention, window_attention_backward
 
@@ -82,9 +82,7 @@ def _sequence(a: dict[str, Tensor], config: NSAConfig,
     lse = torch.empty((B, T, HQ, 3), dtype=torch.float32, device=q.device)
     branch_o = torch.empty((B, T, HQ, 3, dv), dtype=torch.float32, device=q.device)
     compressed_attention(q, a["k_cmp"], a["v_cmp"], branch_o[..., 0, :], lse[..., 0], config, scale)
-    scores = importance_scores(q, a["k_cmp"], lse[..., 0], n_slc_blocks(T, config), config, scale)
-    indices = top_n(scores, config)
-    del scores
+    indices = importance_top_n(q, a["k_cmp"], lse[..., 0], config, scale)
     selected(q, a["k_slc"], a["v_slc"], indices, branch_o[..., 1, :], lse[..., 1], config, scale)
     o = torch.empty((B, T, HQ, dv), dtype=q.dtype, device=q.device)
     window_attention(q, a["k_win"], a["v_win"], a["gates"], branch_o, o, lse[..., 2], config, scale)

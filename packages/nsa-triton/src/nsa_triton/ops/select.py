@@ -15,10 +15,12 @@ dS = P (dO_c V^T - delta):
   (block 0 is selected by every token) are split (`token_chunks`): the first chunk of a block
   writes dk/dv, the others write float32 partials that a last kernel adds in chunk order.
 
-Top-n (Eq. 11), one program per (token, kv head): blocks 0, c-1 and c are forced, then the
-highest scores among blocks 0..c, n picks of an argmax that breaks ties towards the lower index
-(the order of `nsa_torch.ops.select.top_n`'s stable sort); the picks are written ascending
-through a prefix sum, -1 padded.
+Top-n (Eq. 11): blocks 0, c-1 and c are forced, then the highest scores among blocks 0..c, ties
+broken towards the lower index (the order of `nsa_torch.ops.select.top_n`'s stable sort); the
+picks are written ascending, -1 padded. Two forms share the ranking key (`top_n_key`): `top_n`,
+one program per (token, kv head) holding that row of a score matrix, n argmax picks (the decode
+step's, and the two-pass baseline); and `top_n_merge` / `top_n_store`, a running top-n that
+`compress.importance_top_n` feeds chunk by chunk as it computes the scores (the forward's).
 """
 
 from __future__ import annotations
@@ -89,12 +91,20 @@ def _slc_fwd(Q, K, V, IDX, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_
 
 
 @triton.jit
+def top_n_key(score, j, c):
+    """Eq. 11's ranking key of blocks j for a query whose current block is c (broadcast together):
+    +inf for the forced blocks 0, c - 1 and c, the score for the other blocks j <= c, -inf for the
+    blocks that do not exist yet."""
+    exists = j <= c
+    forced = exists & ((j == 0) | (j == c) | (j == c - 1))
+    return tl.where(forced, float("inf"), tl.where(exists, score, float("-inf")))
+
+
+@triton.jit
 def top_n_pick(score, j, c, N_SEL: tl.constexpr):
     """Eq. 11 for one query: score [NBP] of blocks j (only blocks j <= c, the current block,
     exist) -> taken [NBP] int32, 1 for the min(c + 1, N_SEL) selected blocks."""
-    exists = j <= c
-    forced = exists & ((j == 0) | (j == c) | (j == c - 1))
-    key = tl.where(forced, float("inf"), tl.where(exists, score, float("-inf")))  # [NBP]
+    key = top_n_key(score, j, c)  # [NBP]
     picks = tl.minimum(c + 1, N_SEL)
     taken = tl.zeros_like(j)  # [NBP] int32
     for k in tl.static_range(N_SEL):
@@ -103,6 +113,48 @@ def top_n_pick(score, j, c, N_SEL: tl.constexpr):
         taken = tl.where(take, 1, taken)
         key = tl.where(take, float("-inf"), key)
     return taken
+
+
+@triton.jit
+def top_n_merge(best, best_j, key, j, NP: tl.constexpr, BJP: tl.constexpr):
+    """The running top-NP of R queries: best, best_j [R, NP] are the keys and blocks kept so far,
+    in the tie rule's order (key descending, then block ascending); key [R, BJP] the keys of the
+    next chunk of blocks j [BJP] (ascending, all above the kept ones) -> the top NP of both, in
+    the same order.
+
+    An element's rank in the union is the number of elements that beat it: a kept block loses to
+    a chunk block only to a strictly larger key (its index is lower), a chunk block to a kept one
+    with an equal or larger key, and to a chunk block with a larger key or an equal one at a lower
+    column. The ranks are a permutation, so each slot below NP is gathered from its one source."""
+    slot = tl.arange(0, NP)
+    col = tl.arange(0, BJP)
+    chunk_wins = key[:, None, :] > best[:, :, None]  # [R, NP, BJP]: chunk column beats kept slot
+    rank_kept = slot[None, :] + tl.sum(chunk_wins.to(tl.int32), 2)  # [R, NP]
+    kept_wins = best[:, :, None] >= key[:, None, :]  # [R, NP, BJP]
+    peer_wins = (key[:, :, None] > key[:, None, :]) | (
+        (key[:, :, None] == key[:, None, :]) & (col[:, None] < col[None, :])[None, :, :])  # [R, BJP, BJP]
+    rank_chunk = tl.sum(kept_wins.to(tl.int32), 1) + tl.sum(peer_wins.to(tl.int32), 1)  # [R, BJP]
+    from_kept = rank_kept[:, None, :] == slot[None, :, None]  # [R, NP (new slot), NP]
+    from_chunk = rank_chunk[:, None, :] == slot[None, :, None]  # [R, NP (new slot), BJP]
+    new_best = tl.maximum(tl.max(tl.where(from_kept, best[:, None, :], float("-inf")), 2),
+                          tl.max(tl.where(from_chunk, key[:, None, :], float("-inf")), 2))  # [R, NP]
+    new_j = tl.maximum(tl.max(tl.where(from_kept, best_j[:, None, :], -1), 2),
+                       tl.max(tl.where(from_chunk, j[None, None, :], -1), 2))  # [R, NP]
+    return new_best, new_j
+
+
+@triton.jit
+def top_n_store(best, best_j, ROW, row_ok, N_SEL: tl.constexpr, NP: tl.constexpr):
+    """Write the picks of R queries (`top_n_merge`'s first N_SEL slots whose key > -inf: blocks
+    that exist) ascending to ROW[r] + 0 .. N_SEL - 1 (ROW [R] pointers), -1 padded."""
+    slot = tl.arange(0, NP)
+    valid = (best > float("-inf")) & (slot[None, :] < N_SEL)  # [R, NP]
+    before = valid[:, None, :] & (best_j[:, None, :] < best_j[:, :, None])  # [R, NP, NP]
+    rank = tl.sum(before.to(tl.int32), 2)  # [R, NP]: the slot's place in ascending block order
+    tl.store(ROW[:, None] + rank, best_j, mask=valid & row_ok[:, None])
+    count = tl.sum(valid.to(tl.int32), 1)  # [R]
+    pad = row_ok[:, None] & (slot[None, :] >= count[:, None]) & (slot[None, :] < N_SEL)
+    tl.store(ROW[:, None] + slot[None, :], tl.zeros_like(best_j) - 1, mask=pad)
 
 
 @triton.jit
