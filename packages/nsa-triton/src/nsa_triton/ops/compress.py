@@ -34,7 +34,7 @@ from nsa_triton.ops.attention_grad import (
     load_rows,
 )
 from nsa_triton.ops.online import dot, finish, interpreted, online_step
-from nsa_triton.ops.select import top_n_key, top_n_merge, top_n_store
+from nsa_triton.ops.select import top_n_insert, top_n_key, top_n_store
 from nsa_triton.ops.tiles import dot_precision, group_tile, padded
 
 CMP_BWD_PROGRAMS = 1056
@@ -179,14 +179,14 @@ def _cmp_scores(Q, K, LSE, S, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sl_b, sl_t, sl
 @triton.jit
 def _top_n_tile(j0, q, t, row_ok, lse, c, best, best_j, K, sk_n, N, DK, scale, L_CMP: tl.constexpr,
                 D_CMP: tl.constexpr, L_SLC: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr,
-                GP: tl.constexpr, BN: tl.constexpr, BJP: tl.constexpr, DKP: tl.constexpr, NP: tl.constexpr,
-                PREC: tl.constexpr, INTERP: tl.constexpr):
+                GP: tl.constexpr, BN: tl.constexpr, BJP: tl.constexpr, DKP: tl.constexpr, N_SEL: tl.constexpr,
+                NP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
     score = _block_scores(j0, q, t, row_ok, lse, K, sk_n, N, DK, scale, L_CMP, D_CMP, L_SLC, BJ, BT, GP,
                           BN, BJP, DKP, PREC, INTERP)  # [BT, BJP]
     jl = tl.arange(0, BJP)
     j = j0 + jl
     key = tl.where(jl[None, :] < BJ, top_n_key(score, j[None, :], c[:, None]), float("-inf"))  # [BT, BJP]
-    return top_n_merge(best, best_j, key, j, NP, BJP)
+    return top_n_insert(best, best_j, key, j0, N_SEL, NP, BJP, min(BJ, N_SEL))
 
 
 @triton.jit
@@ -211,19 +211,22 @@ def _cmp_top_n(Q, K, LSE, IDX, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sl_b, sl_t, s
     j_hi = (n_hi * D_CMP + L_CMP + L_SLC - 1) // L_SLC  # > the current block of every token of the tile
     tok = pid_t * BT + tl.arange(0, BT)
     c = tok // L_SLC  # [BT] current blocks
-    best = tl.full([BT, NP], float("-inf"), tl.float32)
+    slot = tl.arange(0, NP)
+    best = tl.where(slot[None, :] < N_SEL, float("-inf"), float("inf")) + tl.zeros([BT, NP], tl.float32)
     best_j = tl.full([BT, NP], -1, tl.int32)
     K += b * sk_b + h * sk_h
     if INTERP:
         j0 = 0
         while j0 < j_hi:
             best, best_j = _top_n_tile(j0, q, t, row_ok, lse, c, best, best_j, K, sk_n, N, DK, scale, L_CMP,
-                                       D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, NP, PREC, INTERP)
+                                       D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, N_SEL, NP, PREC,
+                                       INTERP)
             j0 += BJ
     else:
         for j0 in range(0, j_hi, BJ):
             best, best_j = _top_n_tile(j0, q, t, row_ok, lse, c, best, best_j, K, sk_n, N, DK, scale, L_CMP,
-                                       D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, NP, PREC, INTERP)
+                                       D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, N_SEL, NP, PREC,
+                                       INTERP)
     top_n_store(best, best_j, IDX + b * si_b + tok.to(tl.int64) * si_t + h * si_h, tok < T, N_SEL, NP)
 
 
@@ -280,7 +283,7 @@ def importance_top_n(q: Tensor, k_cmp: Tensor, lse: Tensor, config: NSAConfig, s
     `importance_scores`, given the compressed branch's lse [B, T, HQ].
 
     Each program ranks the block scores of its tokens as it computes them, a chunk of blocks at a
-    time (`select.top_n_merge`), and keeps only the running top n: no [B, T, H, n_blocks] score
+    time (`select.top_n_insert`), and keeps only the running top n: no [B, T, H, n_blocks] score
     matrix, so memory beyond the inputs is the indices. The scores are `importance_scores`' own
     (same tiles, same arithmetic), so the picks are the two-pass ones, ties included."""
     B, T, HQ, dk = q.shape

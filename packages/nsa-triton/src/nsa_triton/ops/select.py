@@ -19,7 +19,7 @@ Top-n (Eq. 11): blocks 0, c-1 and c are forced, then the highest scores among bl
 broken towards the lower index (the order of `nsa_torch.ops.select.top_n`'s stable sort); the
 picks are written ascending, -1 padded. Two forms share the ranking key (`top_n_key`): `top_n`,
 one program per (token, kv head) holding that row of a score matrix, n argmax picks (the decode
-step's, and the two-pass baseline); and `top_n_merge` / `top_n_store`, a running top-n that
+step's, and the two-pass baseline); and `top_n_insert` / `top_n_store`, a running top-n that
 `compress.importance_top_n` feeds chunk by chunk as it computes the scores (the forward's).
 """
 
@@ -116,36 +116,38 @@ def top_n_pick(score, j, c, N_SEL: tl.constexpr):
 
 
 @triton.jit
-def top_n_merge(best, best_j, key, j, NP: tl.constexpr, BJP: tl.constexpr):
-    """The running top-NP of R queries: best, best_j [R, NP] are the keys and blocks kept so far,
-    in the tie rule's order (key descending, then block ascending); key [R, BJP] the keys of the
-    next chunk of blocks j [BJP] (ascending, all above the kept ones) -> the top NP of both, in
-    the same order.
+def top_n_insert(best, best_j, key, j0, N_SEL: tl.constexpr, NP: tl.constexpr, BJP: tl.constexpr,
+                 ROUNDS: tl.constexpr):
+    """The running top n of R queries: best, best_j [R, NP] are the keys and blocks kept so far
+    (slots >= N_SEL hold +inf placeholders, never replaced), key [R, BJP] the keys of the next
+    chunk of blocks j0 .. j0 + BJP - 1, all above the kept ones -> best, best_j with the chunk in.
 
-    An element's rank in the union is the number of elements that beat it: a kept block loses to
-    a chunk block only to a strictly larger key (its index is lower), a chunk block to a kept one
-    with an equal or larger key, and to a chunk block with a larger key or an equal one at a lower
-    column. The ranks are a permutation, so each slot below NP is gathered from its one source."""
+    A chunk block enters by replacing the weakest kept block (lowest key, then highest index) when
+    its key is strictly larger: on a tie the kept block, whose index is lower, stays. Each round
+    tries every row's strongest remaining chunk block (equal keys: the lower index first), so a
+    chunk needs at most ROUNDS = min(chunk size, N_SEL) rounds (a block that entered is never
+    displaced by a weaker one of its own chunk); a round no row takes anything in is skipped, which
+    late chunks mostly are. Unrolled rounds, not a `while`: Triton 3.6 does not pipeline the loads
+    of a loop that contains another loop (offline sm_90 compile: no async copies with a `while`)."""
     slot = tl.arange(0, NP)
     col = tl.arange(0, BJP)
-    chunk_wins = key[:, None, :] > best[:, :, None]  # [R, NP, BJP]: chunk column beats kept slot
-    rank_kept = slot[None, :] + tl.sum(chunk_wins.to(tl.int32), 2)  # [R, NP]
-    kept_wins = best[:, :, None] >= key[:, None, :]  # [R, NP, BJP]
-    peer_wins = (key[:, :, None] > key[:, None, :]) | (
-        (key[:, :, None] == key[:, None, :]) & (col[:, None] < col[None, :])[None, :, :])  # [R, BJP, BJP]
-    rank_chunk = tl.sum(kept_wins.to(tl.int32), 1) + tl.sum(peer_wins.to(tl.int32), 1)  # [R, BJP]
-    from_kept = rank_kept[:, None, :] == slot[None, :, None]  # [R, NP (new slot), NP]
-    from_chunk = rank_chunk[:, None, :] == slot[None, :, None]  # [R, NP (new slot), BJP]
-    new_best = tl.maximum(tl.max(tl.where(from_kept, best[:, None, :], float("-inf")), 2),
-                          tl.max(tl.where(from_chunk, key[:, None, :], float("-inf")), 2))  # [R, NP]
-    new_j = tl.maximum(tl.max(tl.where(from_kept, best_j[:, None, :], -1), 2),
-                       tl.max(tl.where(from_chunk, j[None, None, :], -1), 2))  # [R, NP]
-    return new_best, new_j
+    for _ in tl.static_range(ROUNDS):
+        top = tl.max(key, 1)  # [R]
+        weakest = tl.min(best, 1)  # [R]
+        if tl.max((top > weakest).to(tl.int32), 0) > 0:
+            enter = top > weakest  # [R]
+            pick = tl.argmax(key, 1, tie_break_left=True)  # [R]: the strongest chunk column
+            out = tl.argmax(tl.where(best == weakest[:, None], best_j, -2), 1, tie_break_left=True)  # [R]
+            hit = enter[:, None] & (slot[None, :] == out[:, None])  # [R, NP]
+            best = tl.where(hit, top[:, None], best)
+            best_j = tl.where(hit, j0 + pick[:, None], best_j)
+            key = tl.where(col[None, :] == pick[:, None], float("-inf"), key)
+    return best, best_j
 
 
 @triton.jit
 def top_n_store(best, best_j, ROW, row_ok, N_SEL: tl.constexpr, NP: tl.constexpr):
-    """Write the picks of R queries (`top_n_merge`'s first N_SEL slots whose key > -inf: blocks
+    """Write the picks of R queries (`top_n_insert`'s first N_SEL slots whose key > -inf: blocks
     that exist) ascending to ROW[r] + 0 .. N_SEL - 1 (ROW [R] pointers), -1 padded."""
     slot = tl.arange(0, NP)
     valid = (best > float("-inf")) & (slot[None, :] < N_SEL)  # [R, NP]
