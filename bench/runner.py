@@ -43,9 +43,27 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def _reset_peak(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib(device: str) -> float | None:
+    """The CUDA allocator's peak since `_reset_peak`, in GiB (None on the CPU)."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+
+
 def make_row(case: Case, target: targets.Target, status: str, reason: str = "",
-             measured: timing.Timing | None = None, note: str = "", commit: str = "") -> dict[str, Any]:
-    """One result row; rates are filled when `measured` is given."""
+             measured: timing.Timing | None = None, note: str = "", commit: str = "",
+             peak_gib: float | None = None) -> dict[str, Any]:
+    """One result row; rates are filled when `measured` is given. `peak_gib` (JSON rows only, not
+    a CSV column) is the CUDA allocator's peak over preparing and timing the case, inputs included."""
     b = target.model_blocks(case)
     model = case.dense_cost() if target.kind == "dense" else case.nsa_cost(b)
     dense = case.dense_cost()
@@ -59,7 +77,7 @@ def make_row(case: Case, target: targets.Target, status: str, reason: str = "",
         "dense_flops": dense.total_flops, "dense_bytes": dense.total_bytes,
         "ideal_speedup": case.ideal_speedup(), "ideal_basis": case.ideal_basis,
         "speedup_vs_dense": None, "dense_ref": "", "note": note, "commit": commit,
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "peak_gib": peak_gib,
     }
     if measured is not None:
         seconds = measured.ms * 1e-3
@@ -99,11 +117,13 @@ def run_case(case: Case, target: targets.Target, device: str, budget_s: float, s
                         f"> {budget_s:.0f} s budget", commit=commit)
     prepared = None
     try:
+        _reset_peak(device)
         prepared = target.prepare(case, device)
         with prepared.context():
             measured = timing.measure(prepared.fn, device, budget_s, prepared.grad_to_none)
         series.last = (flops, measured.estimate_s)
-        return make_row(case, target, "ok", measured=measured, note=prepared.note, commit=commit)
+        return make_row(case, target, "ok", measured=measured, note=prepared.note, commit=commit,
+                        peak_gib=_peak_gib(device))
     except UnsupportedError as exc:
         return make_row(case, target, "skipped", f"unsupported: {exc}", commit=commit)
     except timing.OverBudgetError as exc:
@@ -154,8 +174,9 @@ def run(
                     continue
                 key = (case.mode, case.batch, case.heads_kv)
                 row = run_case(case, t, device, budget_s, series.setdefault(key, Series()), meta["commit"])
+                peak = f" (peak {row['peak_gib']} GiB)" if row["peak_gib"] is not None else ""
                 _log(f"{name} {t.name} {case.case_id}: {row['status']} "
-                     f"{row['time_ms'] if row['time_ms'] is not None else row['reason']}")
+                     f"{row['time_ms'] if row['time_ms'] is not None else row['reason']}{peak}")
                 rows.append(row)
             json_path, csv_path = results.write(name, rows, meta, out_dir)
         _log(f"wrote {json_path} and {csv_path}")

@@ -38,6 +38,7 @@ def test_run_numpy_and_dense_on_cpu(tmp_path):
     fwd = by[("prefill-paper", "numpy", "fwd-B1-T48-HQ4-H1-dk8-dv8-float64")]
     assert fwd["status"] == "ok" and fwd["time_ms"] > 0
     assert fwd["tflops"] == pytest.approx(fwd["flops"] / (fwd["time_ms"] * 1e-3) / 1e12)
+    assert fwd["peak_gib"] is None  # the CUDA allocator's peak, on a GPU only
     assert by[("selection", "numpy", "selection-B1-T48-HQ4-H1-dk8-dv8-float64-L16")]["status"] == "ok"
     assert by[("decode-paper", "numpy", "decode-B1-S48-HQ4-H1-dk8-dv8-float64")]["status"] == "ok"
     cudnn = by[("prefill-paper", "sdpa-cudnn", "fwd-B1-T48-HQ4-H1-dk8-dv8-float64")]
