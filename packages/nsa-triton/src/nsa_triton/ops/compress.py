@@ -130,6 +130,30 @@ def _block_scores(j0, q, t, row_ok, lse, K, sk_n, N, DK, scale, L_CMP: tl.conste
 
 
 @triton.jit
+def _score_rows(Q, LSE, sq_b, sq_t, sq_h, sl_b, sl_t, sl_h, T, N, H, G, DK, L_CMP: tl.constexpr,
+                D_CMP: tl.constexpr, L_SLC: tl.constexpr, BT: tl.constexpr, GP: tl.constexpr,
+                DKP: tl.constexpr):
+    """This program's rows for a score pass: batch b, kv head h, q [BT * GP, DKP], t, row_ok, the
+    compressed lse (0 where no token is visible), the tile's tokens [BT] and j_hi, one past the
+    last block that any of them sees (above every token's current block)."""
+    pid_t = tl.program_id(0)
+    b = (tl.program_id(1) // H).to(tl.int64)
+    h = tl.program_id(1) % H
+    t, g, row_ok = _rows(pid_t, T, G, BT, GP)
+    hq = h * G + g
+    ck = tl.arange(0, DKP)
+    q = tl.load(Q + b * sq_b + t.to(tl.int64)[:, None] * sq_t + hq[:, None] * sq_h + ck[None, :],
+                mask=row_ok[:, None] & (ck[None, :] < DK), other=0.0)  # [BT * GP, DKP]
+    lse = tl.load(LSE + b * sl_b + t.to(tl.int64) * sl_t + hq * sl_h, mask=row_ok, other=float("-inf"))
+    lse = tl.where(lse == float("-inf"), 0.0, lse)
+    t_last = tl.minimum(pid_t * BT + BT - 1, T - 1)
+    n_hi = tl.minimum(tl.maximum(t_last + 1 - L_CMP + D_CMP, 0) // D_CMP, N)
+    j_hi = (n_hi * D_CMP + L_CMP + L_SLC - 1) // L_SLC
+    tok = pid_t * BT + tl.arange(0, BT)
+    return b, h, q, t, row_ok, lse, tok, j_hi
+
+
+@triton.jit
 def _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, scale,
                  L_CMP: tl.constexpr, D_CMP: tl.constexpr, L_SLC: tl.constexpr, BJ: tl.constexpr,
                  BT: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, BJP: tl.constexpr,
@@ -148,20 +172,8 @@ def _cmp_scores(Q, K, LSE, S, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sl_b, sl_t, sl
                 L_SLC: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, GP: tl.constexpr,
                 BN: tl.constexpr, BJP: tl.constexpr, DKP: tl.constexpr, PREC: tl.constexpr,
                 INTERP: tl.constexpr):
-    pid_t = tl.program_id(0)
-    b = (tl.program_id(1) // H).to(tl.int64)
-    h = tl.program_id(1) % H
-    t, g, row_ok = _rows(pid_t, T, G, BT, GP)
-    hq = h * G + g
-    ck = tl.arange(0, DKP)
-    q = tl.load(Q + b * sq_b + t.to(tl.int64)[:, None] * sq_t + hq[:, None] * sq_h + ck[None, :],
-                mask=row_ok[:, None] & (ck[None, :] < DK), other=0.0)
-    lse = tl.load(LSE + b * sl_b + t.to(tl.int64) * sl_t + hq * sl_h, mask=row_ok, other=float("-inf"))
-    lse = tl.where(lse == float("-inf"), 0.0, lse)
-    t_last = tl.minimum(pid_t * BT + BT - 1, T - 1)
-    n_hi = tl.minimum(tl.maximum(t_last + 1 - L_CMP + D_CMP, 0) // D_CMP, N)
-    j_hi = (n_hi * D_CMP + L_CMP + L_SLC - 1) // L_SLC
-    tok = pid_t * BT + tl.arange(0, BT)
+    b, h, q, t, row_ok, lse, tok, j_hi = _score_rows(Q, LSE, sq_b, sq_t, sq_h, sl_b, sl_t, sl_h, T, N, H, G,
+                                                     DK, L_CMP, D_CMP, L_SLC, BT, GP, DKP)
     K += b * sk_b + h * sk_h
     S += b * ss_b + h * ss_h
     if INTERP:
@@ -196,21 +208,9 @@ def _cmp_top_n(Q, K, LSE, IDX, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sl_b, sl_t, s
                DKP: tl.constexpr, N_SEL: tl.constexpr, NP: tl.constexpr, PREC: tl.constexpr,
                INTERP: tl.constexpr):
     tl.static_assert(NP >= N_SEL, "the running top-n keeps at least n blocks")
-    pid_t = tl.program_id(0)
-    b = (tl.program_id(1) // H).to(tl.int64)
-    h = tl.program_id(1) % H
-    t, g, row_ok = _rows(pid_t, T, G, BT, GP)
-    hq = h * G + g
-    ck = tl.arange(0, DKP)
-    q = tl.load(Q + b * sq_b + t.to(tl.int64)[:, None] * sq_t + hq[:, None] * sq_h + ck[None, :],
-                mask=row_ok[:, None] & (ck[None, :] < DK), other=0.0)  # [BT * GP, DKP]
-    lse = tl.load(LSE + b * sl_b + t.to(tl.int64) * sl_t + hq * sl_h, mask=row_ok, other=float("-inf"))
-    lse = tl.where(lse == float("-inf"), 0.0, lse)
-    t_last = tl.minimum(pid_t * BT + BT - 1, T - 1)
-    n_hi = tl.minimum(tl.maximum(t_last + 1 - L_CMP + D_CMP, 0) // D_CMP, N)
-    j_hi = (n_hi * D_CMP + L_CMP + L_SLC - 1) // L_SLC  # > the current block of every token of the tile
-    tok = pid_t * BT + tl.arange(0, BT)
-    c = tok // L_SLC  # [BT] current blocks
+    b, h, q, t, row_ok, lse, tok, j_hi = _score_rows(Q, LSE, sq_b, sq_t, sq_h, sl_b, sl_t, sl_h, T, N, H, G,
+                                                     DK, L_CMP, D_CMP, L_SLC, BT, GP, DKP)
+    c = tok // L_SLC  # [BT] current blocks, all < j_hi
     slot = tl.arange(0, NP)
     best = tl.where(slot[None, :] < N_SEL, float("-inf"), float("inf")) + tl.zeros([BT, NP], tl.float32)
     best_j = tl.full([BT, NP], -1, tl.int32)
@@ -230,10 +230,14 @@ def _cmp_top_n(Q, K, LSE, IDX, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sl_b, sl_t, s
     top_n_store(best, best_j, IDX + b * si_b + tok.to(tl.int64) * si_t + h * si_h, tok < T, N_SEL, NP)
 
 
-def _blocks_per_tile(config: NSAConfig, bn: int) -> int:
-    """Selection blocks whose overlapping compressed tokens (with the halo) fit `bn` tokens."""
+def _score_tiles(group: int, config: NSAConfig, rows: int, bn: int) -> tuple[int, int, int, int]:
+    """(tokens per tile, padded group, compressed tokens per step, selection blocks per step) of a
+    score pass: a step's blocks are those whose compressed tokens, with the halo, fit the step."""
+    bt, gp = group_tile(group, rows)
     per_block = config.slc_len // config.cmp_stride
-    return (bn - (config.cmp_len // config.cmp_stride - 1)) // per_block
+    halo = config.cmp_len // config.cmp_stride - 1
+    bn = max(bn, padded(per_block + halo))
+    return bt, gp, bn, (bn - halo) // per_block
 
 
 def compressed_attention(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, o: Tensor, lse: Tensor,
@@ -260,11 +264,7 @@ def importance_scores(q: Tensor, k_cmp: Tensor, lse: Tensor, n_blocks: int, conf
     branch's lse [B, T, HQ]. Blocks no query of a tile can see are 0."""
     B, T, HQ, dk = q.shape
     N, H = k_cmp.shape[1], k_cmp.shape[2]
-    bt, gp = group_tile(HQ // H, rows)
-    per_block = config.slc_len // config.cmp_stride
-    halo = config.cmp_len // config.cmp_stride - 1
-    bn = max(bn, padded(per_block + halo))
-    bj = _blocks_per_tile(config, bn)
+    bt, gp, bn, bj = _score_tiles(HQ // H, config, rows, bn)
     scores = torch.zeros((B, T, H, n_blocks), dtype=torch.float32, device=q.device)
     _cmp_scores[(triton.cdiv(T, bt), B * H)](
         q, k_cmp, lse, scores, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0),
@@ -288,11 +288,7 @@ def importance_top_n(q: Tensor, k_cmp: Tensor, lse: Tensor, config: NSAConfig, s
     (same tiles, same arithmetic), so the picks are the two-pass ones, ties included."""
     B, T, HQ, dk = q.shape
     N, H = k_cmp.shape[1], k_cmp.shape[2]
-    bt, gp = group_tile(HQ // H, rows)
-    per_block = config.slc_len // config.cmp_stride
-    halo = config.cmp_len // config.cmp_stride - 1
-    bn = max(bn, padded(per_block + halo))
-    bj = _blocks_per_tile(config, bn)
+    bt, gp, bn, bj = _score_tiles(HQ // H, config, rows, bn)
     indices = torch.empty((B, T, H, config.top_n), dtype=torch.int32, device=q.device)
     _cmp_top_n[(triton.cdiv(T, bt), B * H)](
         q, k_cmp, lse, indices, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1),
