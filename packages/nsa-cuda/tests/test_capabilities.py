@@ -84,12 +84,20 @@ def test_the_paper_shape_is_claimed():
         ({"op": "backward"}, "backward is not implemented yet"),
         ({"op": "decode"}, "decode step is not implemented yet"),
         ({"batch": 20000}, "B*H=80000"),
-        ({"tokens": 16385 * 64}, "triton stage: T=1048640"),
     ],
 )
 def test_unclaimed_problems_name_the_reason(change, words):
     reasons = own_reasons(dataclasses.replace(CLAIMED, **change))
     assert any(words in r for r in reasons), reasons
+
+
+def test_triton_stage_refusals_are_listed(monkeypatch):
+    """A refusal of one of the composed triton stages shows up, marked as such."""
+    from nsa_triton.backend import TritonBackend
+
+    monkeypatch.setattr(TritonBackend, "not_supported_reasons",
+                        lambda self, problem: [f"stage limit at T={problem.tokens}"])
+    assert "triton stage: stage limit at T=65536" in own_reasons(CLAIMED)
 
 
 def test_triton_stage_reasons_are_not_repeated():

@@ -137,9 +137,9 @@ def test_capability_reasons_name_value_and_support():
     assert caps.reasons(p) == [
         "op='decode' is not supported (supported: ['forward'])",
         "dtype='float64' is not supported (supported: ['bfloat16'])",
-        "dk=3 is not supported (supported: [64, 128])",
-        "dv=2 is not supported (supported: [64, 128])",
-        "group size G=HQ/H=2 is not supported (supported: [16])",
+        "dk=3 is not supported (supported: 64, 128)",
+        "dv=2 is not supported (supported: 64, 128)",
+        "group size G=HQ/H=2 is not supported (supported: 16)",
         "(l, d, l')=(4, 2, 4) is not supported (supported: [(32, 16, 64)])",
         "varlen (cu_seqlens) is not supported",
         "compute capability (8, 0) is below the minimum (9, 0)",
@@ -147,6 +147,8 @@ def test_capability_reasons_name_value_and_support():
     assert caps.reasons(dataclasses.replace(p, array_api="torch"))[1] == (
         "arrays are 'torch', this backend takes 'numpy'"
     )
+    wide = dataclasses.replace(caps, head_dims=frozenset(range(1, 257)))
+    assert "dk=300 is not supported (supported: 1..256)" in wide.reasons(dataclasses.replace(p, dk=300))
 
 
 class FakeEntryPoint:

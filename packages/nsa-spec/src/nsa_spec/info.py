@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Iterable
 
+from nsa_spec.backends.capabilities import int_ranges
 from nsa_spec.backends.protocol import Backend
 from nsa_spec.backends.registry import backends, load_failures
 
@@ -31,23 +31,6 @@ def local_devices() -> frozenset[str]:
         if torch.cuda.is_available():
             devices.add("cuda")
     return frozenset(devices)
-
-
-def int_ranges(values: Iterable[int]) -> str:
-    """Sorted ints with contiguous runs of three or more as lo..hi: {1, 2, 3, 5, 8, 9} -> "1..3, 5, 8, 9"."""
-    runs: list[list[int]] = []
-    for v in sorted(values):
-        if runs and v == runs[-1][1] + 1:
-            runs[-1][1] = v
-        else:
-            runs.append([v, v])
-    parts = []
-    for lo, hi in runs:
-        if hi - lo >= 2:
-            parts.append(f"{lo}..{hi}")
-        else:
-            parts.extend(str(v) for v in range(lo, hi + 1))
-    return ", ".join(parts)
 
 
 def _fmt(value: object) -> str:

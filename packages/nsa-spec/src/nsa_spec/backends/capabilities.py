@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from nsa_spec.config import NSAConfig
 
 OPS = ("forward", "backward", "decode")
+
+
+def int_ranges(values: Iterable[int]) -> str:
+    """Sorted ints with contiguous runs of three or more as lo..hi: {1, 2, 3, 5, 8, 9} -> "1..3, 5, 8, 9"."""
+    runs: list[list[int]] = []
+    for v in sorted(values):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    parts = []
+    for lo, hi in runs:
+        if hi - lo >= 2:
+            parts.append(f"{lo}..{hi}")
+        else:
+            parts.extend(str(v) for v in range(lo, hi + 1))
+    return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -139,11 +157,11 @@ class Capabilities:
             for name in ("dk", "dv"):
                 value = getattr(problem, name)
                 if value not in self.head_dims:
-                    out.append(f"{name}={value} is not supported (supported: {sorted(self.head_dims)})")
+                    out.append(f"{name}={value} is not supported (supported: {int_ranges(self.head_dims)})")
         if self.group_sizes is not None and problem.group_size not in self.group_sizes:
             out.append(
                 f"group size G=HQ/H={problem.group_size} is not supported "
-                f"(supported: {sorted(self.group_sizes)})"
+                f"(supported: {int_ranges(self.group_sizes)})"
             )
         c = problem.config
         blocks = (c.cmp_len, c.cmp_stride, c.slc_len)
