@@ -28,7 +28,7 @@ from nsa_spec import NSAConfig, NSAInputs
 from nsa_spec.blocks import n_cmp
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triton.runtime.jit import JITFunction
+from triton.runtime.jit import JITFunction, MockTensor
 
 CFG = NSAConfig(cmp_len=32, cmp_stride=16, slc_len=64, top_n=16, window=512)
 _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
@@ -44,7 +44,7 @@ def _signature(fn: JITFunction, args: tuple, kwargs: dict):
         value = bound.get(p.name, p.default)
         if p.is_constexpr:
             signature[p.name], constexprs[p.name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
+        elif isinstance(value, (torch.Tensor, MockTensor)):  # MockTensor: a dtype standing for a tensor
             signature[p.name] = "*" + _DTYPES[value.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(value, bool):
@@ -79,31 +79,45 @@ def _ptxas_report(ptx: str, arch: int) -> str:
             f"stack {stack.group(1) if stack else '?'} B")
 
 
+SMEM_LIMITS = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
+"""Shared memory a program may opt into, by sm_ architecture (CUDA's per-block opt-in limits)."""
+
+
 @contextlib.contextmanager
 def offline_compile(arch: int = 90):
     """Within it, every triton kernel launch is compiled for sm_`arch` and its resources printed
-    once per variant (kernel, constexprs) instead of running."""
+    once per variant (kernel, constexprs) instead of running, marked OVER where its shared memory
+    exceeds the architecture's limit. The launchers' shared-memory fit (`tiles.first_fit`) plans
+    against that limit and compiles its candidates the same way."""
+    from nsa_triton.ops import tiles
+
     seen: set[str] = set()
-    run = JITFunction.run
+    compiled_for: dict[str, object] = {}
+    run, limit = JITFunction.run, tiles.smem_limit
 
     def intercept(self, *args, grid, warmup, **kwargs):
         signature, constexprs, attrs = _signature(self, args, kwargs)
-        key = f"{self.__name__} {sorted((k, v) for k, v in constexprs.items() if k != 'INTERP')}"
-        if key in seen:
-            return
-        seen.add(key)
         options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
-        compiled = triton.compile(ASTSource(fn=self, signature=signature, constexprs=constexprs, attrs=attrs),
-                                  target=GPUTarget("cuda", arch, 32), options=options)
+        key = f"{self.__name__} {sorted((k, v) for k, v in constexprs.items() if k != 'INTERP')} {options}"
+        if key not in compiled_for:
+            compiled_for[key] = triton.compile(
+                ASTSource(fn=self, signature=signature, constexprs=constexprs, attrs=attrs),
+                target=GPUTarget("cuda", arch, 32), options=options)
+        compiled = compiled_for[key]
+        if warmup or key in seen:
+            return compiled
+        seen.add(key)
         md = compiled.metadata
-        print(f"{self.__name__}: {_ptxas_report(compiled.asm['ptx'], arch)}, shared {md.shared} B, "
+        over = " OVER" if md.shared > SMEM_LIMITS[arch] else ""
+        print(f"{self.__name__}: {_ptxas_report(compiled.asm['ptx'], arch)}, shared {md.shared} B{over}, "
               f"warps {md.num_warps}, stages {md.num_stages}", flush=True)
 
     JITFunction.run = intercept
+    tiles.smem_limit = lambda device: SMEM_LIMITS[arch]
     try:
         yield
     finally:
-        JITFunction.run = run
+        JITFunction.run, tiles.smem_limit = run, limit
 
 
 def main() -> None:

@@ -145,6 +145,27 @@ def test_selected_branch_any_blocks_per_step(blocks_per_step):
     close(lse[0], lse_ref)
 
 
+def test_selected_branch_long_blocks():
+    """l' = 200 > FWD_KEYS: each block folds in 64-key tiles (the last one partly masked)."""
+    config = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=200, top_n=3, window=8)
+    T, HQ, H, dk, dv = 450, 2, 1, 8, 8
+    rng = np.random.default_rng(7)
+    inputs = float32_values(make_inputs(rng, 1, T, HQ, H, dk, dv, config))
+    idx = np.full((T, H, config.top_n), -1)
+    for t in range(T):
+        c = t // config.slc_len
+        picked = np.sort(rng.choice(c + 1, size=min(c + 1, config.top_n), replace=False))
+        idx[t, 0, : picked.size] = picked
+    o_ref, lse_ref = ref_selected(inputs.q[0], inputs.k_slc[0], inputs.v_slc[0], idx, config, np)
+    a = to_torch(inputs)
+    o = torch.empty((1, T, HQ, dv), dtype=torch.float32, device=DEVICE)
+    lse = torch.empty((1, T, HQ), dtype=torch.float32, device=DEVICE)
+    indices = torch.from_numpy(idx[None]).to(DEVICE, torch.int32)
+    select.selected_attention(a.q, a.k_slc, a.v_slc, indices, o, lse, config, config.softmax_scale(dk))
+    close(o[0], o_ref)
+    close(lse[0], lse_ref)
+
+
 def test_varlen_matches_reference():
     cu = np.array([0, 5, 40, 97])
     inputs = make_inputs(np.random.default_rng(1), 1, 97, 4, 2, 8, 8, cu_seqlens=cu)

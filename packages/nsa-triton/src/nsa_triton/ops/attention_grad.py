@@ -9,9 +9,10 @@ backward, dQ = scale * dS K and dK = scale * dS^T Q.
 Tiles: the dK/dV kernel keeps a key tile and its two float32 gradients resident and streams
 query row tiles; the dQ kernel keeps a row tile resident and streams key tiles. Their starting
 tiles (`DKDV_TILES`, `DQ_TILES`) are the fastest of `benchmarks/sweep_backward.py` on an H200
-(bf16, dk = dv = 128, T = 32k); `backward_tiles` halves the larger side of each until its operand
-tiles (resident + `num_stages` streamed copies, plus the two [rows, keys] dot operands) fit
-`SMEM_BUDGET`, then drops stages.
+(bf16, dk = dv = 128, T = 32k); `backward_tile_plans` halves the larger side of each until its
+operand tiles (resident + `num_stages` streamed copies, plus the two [rows, keys] dot operands) fit
+`SMEM_BUDGET`, then drops stages, and lists smaller plans after it for GPUs with less shared memory
+(the launchers take the first that compiles within the GPU's limit: `tiles.first_fit`).
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ DQ_TILES = BackwardTiles(rows=128, keys=32, num_warps=4, num_stages=3)
 
 
 def _fit(start: BackwardTiles, keys_resident: bool, group_padded: int, dk: int, dv: int,
-         itemsize: int) -> BackwardTiles:
-    """`start` shrunk until its shared-memory plan fits SMEM_BUDGET; a row tile holds at least
+         itemsize: int, budget: int = SMEM_BUDGET) -> BackwardTiles:
+    """`start` shrunk until its shared-memory plan fits `budget`; a row tile holds at least
     `group_padded` rows (one token's padded group)."""
     width = padded(dk) + padded(dv)
     rows, keys, stages = max(start.rows, group_padded), start.keys, start.num_stages
@@ -57,7 +58,7 @@ def _fit(start: BackwardTiles, keys_resident: bool, group_padded: int, dk: int, 
         resident, streamed = (keys, rows) if keys_resident else (rows, keys)
         return itemsize * (width * (resident + stages * streamed) + 2 * rows * keys)
 
-    while footprint() > SMEM_BUDGET:
+    while footprint() > budget:
         if keys >= rows and keys > MIN_TILE:
             keys //= 2
         elif rows > max(MIN_TILE, group_padded):
@@ -71,11 +72,19 @@ def _fit(start: BackwardTiles, keys_resident: bool, group_padded: int, dk: int, 
                          num_stages=stages)
 
 
-def backward_tiles(group_padded: int, dk: int, dv: int, itemsize: int) -> tuple[BackwardTiles, BackwardTiles]:
-    """(dK/dV tiles, dQ tiles) for head dims dk/dv and inputs of `itemsize` bytes; a row tile
-    holds at least the padded group of one token (`group_padded` rows)."""
-    return (_fit(DKDV_TILES, True, group_padded, dk, dv, itemsize),
-            _fit(DQ_TILES, False, group_padded, dk, dv, itemsize))
+def backward_tile_plans(group_padded: int, dk: int, dv: int,
+                        itemsize: int) -> tuple[list[BackwardTiles], list[BackwardTiles]]:
+    """(dK/dV plans, dQ plans) for head dims dk/dv and inputs of `itemsize` bytes, a row tile
+    holding at least the padded group of one token (`group_padded` rows): first the tuned tiles
+    fitted to SMEM_BUDGET, then those that fit ever smaller budgets (down to SMEM_BUDGET / 8), which
+    `tiles.first_fit` tries on a GPU with less shared memory than the H200."""
+    plans: tuple[list[BackwardTiles], list[BackwardTiles]] = ([], [])
+    for budget in (SMEM_BUDGET * k // 8 for k in (8, 6, 4, 3, 2, 1)):
+        for found, start, keys_resident in zip(plans, (DKDV_TILES, DQ_TILES), (True, False), strict=True):
+            tiles = _fit(start, keys_resident, group_padded, dk, dv, itemsize, budget)
+            if tiles not in found:
+                found.append(tiles)
+    return plans
 
 
 @triton.jit

@@ -28,14 +28,14 @@ from torch import Tensor
 from nsa_triton.ops.attention_grad import (
     DOT_MIN,
     BackwardTiles,
-    backward_tiles,
+    backward_tile_plans,
     grad_step,
     grad_step_keys,
     load_rows,
 )
 from nsa_triton.ops.online import dot, finish, interpreted, online_step
 from nsa_triton.ops.select import top_n_insert, top_n_key, top_n_store
-from nsa_triton.ops.tiles import dot_precision, group_tile, padded
+from nsa_triton.ops.tiles import dot_precision, first_fit, group_tile, padded, staged_plans
 
 CMP_BWD_PROGRAMS = 1056
 """Programs the compressed dK/dV pass aims for (8 per SM of an H100/H200): with few kv heads the
@@ -230,6 +230,13 @@ def _cmp_top_n(Q, K, LSE, IDX, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sl_b, sl_t, s
     top_n_store(best, best_j, IDX + b * si_b + tok.to(tl.int64) * si_t + h * si_h, tok < T, N_SEL, NP)
 
 
+def _score_plans(rows: int) -> list[tuple[int, int]]:
+    """(rows per tile, stages) a score pass tries, the first that fits the GPU's shared memory:
+    fewer stages, then fewer rows (its key tile holds whole selection blocks and their halo, so
+    it cannot shrink)."""
+    return [(rows, 3), (rows, 2)] + [(rows >> i, 1) for i in range(rows.bit_length()) if rows >> i >= 16]
+
+
 def _score_tiles(group: int, config: NSAConfig, rows: int, bn: int) -> tuple[int, int, int, int]:
     """(tokens per tile, padded group, compressed tokens per step, selection blocks per step) of a
     score pass: a step's blocks are those whose compressed tokens, with the halo, fit the step."""
@@ -244,18 +251,24 @@ def compressed_attention(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, o: Tensor, lse
                          config: NSAConfig, scale: float, rows: int = 64, bn: int = 64,
                          num_warps: int = 4) -> None:
     """Write the compressed branch of q [B, T, HQ, dk] over k_cmp/v_cmp [B, N, H, d] into
-    o [B, T, HQ, dv] (float32) and lse [B, T, HQ] (a float32 view, -inf where no token is visible)."""
+    o [B, T, HQ, dv] (float32) and lse [B, T, HQ] (a float32 view, -inf where no token is visible).
+    `bn` keys per tile at 3 stages unless that exceeds the GPU's shared memory (`tiles.first_fit`)."""
     B, T, HQ, dk = q.shape
     N, H, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[3]
     bt, gp = group_tile(HQ // H, rows)
-    _cmp_fwd[(triton.cdiv(T, bt), B * H)](
-        q, k_cmp, v_cmp, o, lse, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0),
-        k_cmp.stride(1), k_cmp.stride(2), v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2),
-        o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
-        T, N, H, HQ // H, dk, dv, scale, L_CMP=config.cmp_len, D_CMP=config.cmp_stride,
-        BT=bt, GP=gp, BN=bn, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
-        INTERP=interpreted(), num_warps=num_warps,
-    )
+
+    def launch(plan: tuple[int, int]) -> tuple[tuple, dict]:
+        keys, stages = plan
+        args = (q, k_cmp, v_cmp, o, lse, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0),
+                k_cmp.stride(1), k_cmp.stride(2), v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2),
+                o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
+                T, N, H, HQ // H, dk, dv, scale)
+        return args, dict(L_CMP=config.cmp_len, D_CMP=config.cmp_stride, BT=bt, GP=gp, BN=keys,
+                          DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype), INTERP=interpreted(),
+                          num_warps=num_warps, num_stages=stages)
+
+    args, kwargs = launch(first_fit(_cmp_fwd, staged_plans(bn), launch, q.device))
+    _cmp_fwd[(triton.cdiv(T, bt), B * H)](*args, **kwargs)
 
 
 def importance_scores(q: Tensor, k_cmp: Tensor, lse: Tensor, n_blocks: int, config: NSAConfig,
@@ -264,16 +277,19 @@ def importance_scores(q: Tensor, k_cmp: Tensor, lse: Tensor, n_blocks: int, conf
     branch's lse [B, T, HQ]. Blocks no query of a tile can see are 0."""
     B, T, HQ, dk = q.shape
     N, H = k_cmp.shape[1], k_cmp.shape[2]
-    bt, gp, bn, bj = _score_tiles(HQ // H, config, rows, bn)
     scores = torch.zeros((B, T, H, n_blocks), dtype=torch.float32, device=q.device)
-    _cmp_scores[(triton.cdiv(T, bt), B * H)](
-        q, k_cmp, lse, scores, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0),
-        k_cmp.stride(1), k_cmp.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
-        scores.stride(0), scores.stride(1), scores.stride(2), T, N, H, HQ // H, dk, n_blocks, scale,
-        L_CMP=config.cmp_len, D_CMP=config.cmp_stride, L_SLC=config.slc_len, BJ=bj, BT=bt, GP=gp,
-        BN=bn, BJP=padded(bj), DKP=padded(dk), PREC=dot_precision(q.dtype),
-        INTERP=interpreted(), num_warps=num_warps,
-    )
+
+    def launch(plan: tuple[int, int]) -> tuple[tuple, dict]:
+        bt, gp, keys, bj = _score_tiles(HQ // H, config, plan[0], bn)
+        args = (q, k_cmp, lse, scores, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0),
+                k_cmp.stride(1), k_cmp.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
+                scores.stride(0), scores.stride(1), scores.stride(2), T, N, H, HQ // H, dk, n_blocks, scale)
+        return args, dict(L_CMP=config.cmp_len, D_CMP=config.cmp_stride, L_SLC=config.slc_len, BJ=bj, BT=bt,
+                          GP=gp, BN=keys, BJP=padded(bj), DKP=padded(dk), PREC=dot_precision(q.dtype),
+                          INTERP=interpreted(), num_warps=num_warps, num_stages=plan[1])
+
+    args, kwargs = launch(first_fit(_cmp_scores, _score_plans(rows), launch, q.device))
+    _cmp_scores[(triton.cdiv(T, kwargs["BT"]), B * H)](*args, **kwargs)
     return scores
 
 
@@ -288,16 +304,20 @@ def importance_top_n(q: Tensor, k_cmp: Tensor, lse: Tensor, config: NSAConfig, s
     (same tiles, same arithmetic), so the picks are the two-pass ones, ties included."""
     B, T, HQ, dk = q.shape
     N, H = k_cmp.shape[1], k_cmp.shape[2]
-    bt, gp, bn, bj = _score_tiles(HQ // H, config, rows, bn)
     indices = torch.empty((B, T, H, config.top_n), dtype=torch.int32, device=q.device)
-    _cmp_top_n[(triton.cdiv(T, bt), B * H)](
-        q, k_cmp, lse, indices, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0), k_cmp.stride(1),
-        k_cmp.stride(2), lse.stride(0), lse.stride(1), lse.stride(2), indices.stride(0), indices.stride(1),
-        indices.stride(2), T, N, H, HQ // H, dk, scale, L_CMP=config.cmp_len, D_CMP=config.cmp_stride,
-        L_SLC=config.slc_len, BJ=bj, BT=bt, GP=gp, BN=bn, BJP=padded(bj), DKP=padded(dk),
-        N_SEL=config.top_n, NP=triton.next_power_of_2(config.top_n), PREC=dot_precision(q.dtype),
-        INTERP=interpreted(), num_warps=num_warps,
-    )
+
+    def launch(plan: tuple[int, int]) -> tuple[tuple, dict]:
+        bt, gp, keys, bj = _score_tiles(HQ // H, config, plan[0], bn)
+        args = (q, k_cmp, lse, indices, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0),
+                k_cmp.stride(1), k_cmp.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
+                indices.stride(0), indices.stride(1), indices.stride(2), T, N, H, HQ // H, dk, scale)
+        return args, dict(L_CMP=config.cmp_len, D_CMP=config.cmp_stride, L_SLC=config.slc_len, BJ=bj, BT=bt,
+                          GP=gp, BN=keys, BJP=padded(bj), DKP=padded(dk), N_SEL=config.top_n,
+                          NP=triton.next_power_of_2(config.top_n), PREC=dot_precision(q.dtype),
+                          INTERP=interpreted(), num_warps=num_warps, num_stages=plan[1])
+
+    args, kwargs = launch(first_fit(_cmp_top_n, _score_plans(rows), launch, q.device))
+    _cmp_top_n[(triton.cdiv(T, kwargs["BT"]), B * H)](*args, **kwargs)
     return indices
 
 
@@ -429,7 +449,7 @@ def compressed_attention_backward(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, grad_
     grad_o [B, T, HQ, dv] is the gradient of the gated output; gate [B, T, HQ] this branch's
     gate, lse its forward log-sum-exp, delta its rowsum(dO * O) (views, float32 for lse/delta).
     `tiles` are the dK/dV kernel's, `dq_tiles` the dQ kernel's (default: `tiles` when given, else the
-    tuned `backward_tiles`).
+    tuned `backward_tile_plans`, the first that fits the GPU's shared memory).
     """
     B, T, HQ, dk = q.shape
     N, H, dv = k_cmp.shape[1], k_cmp.shape[2], v_cmp.shape[3]
@@ -437,8 +457,11 @@ def compressed_attention_backward(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, grad_
     if N == 0:
         return (torch.zeros((B, N, H, dk), dtype=torch.float32, device=q.device),
                 torch.zeros((B, N, H, dv), dtype=torch.float32, device=q.device))
-    dkdv_tuned, dq_tuned = backward_tiles(group_tile(G, 1)[1], dk, dv, q.element_size())
-    tiles, dq_tiles = tiles or dkdv_tuned, dq_tiles or tiles or dq_tuned
+    dkdv_plans, dq_plans = backward_tile_plans(group_tile(G, 1)[1], dk, dv, q.element_size())
+    if tiles is not None:
+        dkdv_plans, dq_plans = [tiles], [dq_tiles or tiles]
+    elif dq_tiles is not None:
+        dq_plans = [dq_tiles]
     common = dict(T=T, N=N, H=H, G=G, DK=dk, DV=dv, scale=scale, L_CMP=config.cmp_len,
                   D_CMP=config.cmp_stride, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
                   INTERP=interpreted())
@@ -446,23 +469,39 @@ def compressed_attention_backward(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, grad_
                v_cmp.stride(0), v_cmp.stride(1), v_cmp.stride(2), grad_o.stride(0), grad_o.stride(1),
                grad_o.stride(2), gate.stride(0), gate.stride(1), gate.stride(2), lse.stride(0),
                lse.stride(1), lse.stride(2), delta.stride(0), delta.stride(1), delta.stride(2))
-    bt, gp = group_tile(G, tiles.rows)
-    key_programs = triton.cdiv(N, tiles.keys) * B * H
-    chunks = max(triton.cdiv(CMP_BWD_PROGRAMS, key_programs), triton.cdiv(T, CMP_BWD_CHUNK_TOKENS))
-    chunk = triton.cdiv(triton.cdiv(T, bt), chunks)  # row tiles per program
-    chunks = triton.cdiv(triton.cdiv(T, bt), chunk)
+
+    def chunking(t: BackwardTiles) -> tuple[int, int]:
+        """(row tiles per program, programs per key tile) of the dK/dV pass under tiles t."""
+        bt = group_tile(G, t.rows)[0]
+        chunks = max(triton.cdiv(CMP_BWD_PROGRAMS, triton.cdiv(N, t.keys) * B * H),
+                     triton.cdiv(T, CMP_BWD_CHUNK_TOKENS))
+        chunk = triton.cdiv(triton.cdiv(T, bt), chunks)
+        return chunk, triton.cdiv(triton.cdiv(T, bt), chunk)
+
+    def dkdv_launch(t: BackwardTiles, parts: tuple[Tensor, Tensor] | None = None) -> tuple[tuple, dict]:
+        """The dK/dV kernel's arguments; without `parts` (the fit's compile), dtypes stand for them."""
+        bt, gp = group_tile(G, t.rows)
+        chunk = chunking(t)[0]
+        part_strides = [(B * N * H * d, N * H * d, H * d, d) for d in (dk, dv)]
+        k_part, v_part = parts or (torch.float32, torch.float32)
+        return ((q, k_cmp, v_cmp, grad_o, gate, lse, delta, k_part, v_part, *strides, *part_strides[0],
+                 *part_strides[1]),
+                dict(CHUNK=chunk, BT=bt, GP=gp, BN=t.keys, num_warps=t.num_warps, num_stages=t.num_stages,
+                     **common))
+
+    def dq_launch(t: BackwardTiles) -> tuple[tuple, dict]:
+        bt, gp = group_tile(G, t.rows)
+        return ((q, k_cmp, v_cmp, grad_o, gate, lse, delta, dq, *strides, *dq.stride()[:3]),
+                dict(BT=bt, GP=gp, BN=t.keys, num_warps=t.num_warps, num_stages=t.num_stages, **common))
+
+    tiles = first_fit(_cmp_bwd_dkdv, dkdv_plans, dkdv_launch, q.device)
+    chunks = chunking(tiles)[1]
     dk_part = torch.empty((chunks, B, N, H, dk), dtype=torch.float32, device=q.device)
     dv_part = torch.empty((chunks, B, N, H, dv), dtype=torch.float32, device=q.device)
-    _cmp_bwd_dkdv[(triton.cdiv(N, tiles.keys), B * H, chunks)](
-        q, k_cmp, v_cmp, grad_o, gate, lse, delta, dk_part, dv_part, *strides, *dk_part.stride()[:4],
-        *dv_part.stride()[:4], CHUNK=chunk, BT=bt, GP=gp, BN=tiles.keys, num_warps=tiles.num_warps,
-        num_stages=tiles.num_stages, **common,
-    )
+    args, kwargs = dkdv_launch(tiles, (dk_part, dv_part))
+    _cmp_bwd_dkdv[(triton.cdiv(N, tiles.keys), B * H, chunks)](*args, **kwargs)
     dk_cmp, dv_cmp = dk_part.sum(0), dv_part.sum(0)  # fixed order: deterministic
-    bt, gp = group_tile(G, dq_tiles.rows)
-    _cmp_bwd_dq[(triton.cdiv(T, bt), B * H)](
-        q, k_cmp, v_cmp, grad_o, gate, lse, delta, dq, *strides, dq.stride(0), dq.stride(1), dq.stride(2),
-        BT=bt, GP=gp, BN=dq_tiles.keys, num_warps=dq_tiles.num_warps, num_stages=dq_tiles.num_stages,
-        **common,
-    )
+    dq_tiles = first_fit(_cmp_bwd_dq, dq_plans, dq_launch, q.device)
+    args, kwargs = dq_launch(dq_tiles)
+    _cmp_bwd_dq[(triton.cdiv(T, kwargs["BT"]), B * H)](*args, **kwargs)
     return dk_cmp, dv_cmp

@@ -36,9 +36,10 @@ from torch import Tensor
 
 from nsa_triton.ops.attention_grad import grad_step
 from nsa_triton.ops.online import dot, finish, interpreted, online_step
-from nsa_triton.ops.tiles import dot_precision, group_tile, padded
+from nsa_triton.ops.tiles import dot_precision, first_fit, group_tile, padded
 
 TOP_N_MAX_BLOCKS = 16384  # one program holds a token's whole score row: T <= 16384 * l'
+FWD_KEYS = 64  # keys per step of the forward: a longer block is folded in tiles of this many
 TOP_N_WARPS = 4
 TOP_N_WIDE_ROW = 4096  # rows of more (padded) blocks than this take TOP_N_WIDE_WARPS
 TOP_N_WIDE_WARPS = 8
@@ -57,8 +58,9 @@ BWD_DKDV_WARPS = 8  # H200, bf16, dk = dv = 128, T = 32k: 128 rows and 8 warps 1
 @triton.jit
 def _slc_fwd(Q, K, V, IDX, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
              si_b, si_t, si_h, so_b, so_t, so_h, sl_b, sl_t, sl_h, H, G, DK, DV, scale, N_SEL: tl.constexpr,
-             L_SLC: tl.constexpr, BL: tl.constexpr, KB: tl.constexpr, GP: tl.constexpr,
+             L_SLC: tl.constexpr, BL: tl.constexpr, SUB: tl.constexpr, KB: tl.constexpr, GP: tl.constexpr,
              DKP: tl.constexpr, DVP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
+    tl.static_assert((SUB == 1) | (KB == 1), "a block split in sub-tiles is folded one block per step")
     t = tl.program_id(0).to(tl.int64)
     b = (tl.program_id(1) // H).to(tl.int64)
     h = tl.program_id(1) % H
@@ -79,11 +81,15 @@ def _slc_fwd(Q, K, V, IDX, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_
     IDX += b * si_b + t * si_t + h * si_h
     for slot in range(0, N_SEL, KB):
         blk = tl.load(IDX + slot + which, mask=slot + which < N_SEL, other=-1)
-        pos = blk.to(tl.int64) * L_SLC + offs
-        ok = (blk >= 0) & (offs < L_SLC) & (pos <= t)
-        k = tl.load(K + pos[:, None] * sk_t + ck[None, :], mask=ok[:, None] & (ck[None, :] < DK), other=0.0)
-        v = tl.load(V + pos[:, None] * sv_t + cv[None, :], mask=ok[:, None] & (cv[None, :] < DV), other=0.0)
-        m, den, acc = online_step(q, k, v, ok[None, :], m, den, acc, scale, PREC, INTERP)
+        for sub in tl.static_range(SUB):  # a block longer than BL keys in SUB tiles
+            key = sub * BL + offs  # [KB * BL] key offsets within the block
+            pos = blk.to(tl.int64) * L_SLC + key
+            ok = (blk >= 0) & (key < L_SLC) & (pos <= t)
+            k = tl.load(K + pos[:, None] * sk_t + ck[None, :], mask=ok[:, None] & (ck[None, :] < DK),
+                        other=0.0)  # [KB * BL, DKP]
+            v = tl.load(V + pos[:, None] * sv_t + cv[None, :], mask=ok[:, None] & (cv[None, :] < DV),
+                        other=0.0)  # [KB * BL, DVP]
+            m, den, acc = online_step(q, k, v, ok[None, :], m, den, acc, scale, PREC, INTERP)
     o, lse = finish(m, den, acc)
     tl.store(O + b * so_b + t * so_t + hq[:, None] * so_h + cv[None, :], o,
              mask=g_ok[:, None] & (cv[None, :] < DV))
@@ -212,17 +218,19 @@ def selected_attention(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor,
     """Write the selected branch of q [B, T, HQ, dk] over the blocks `indices` [B, T, H, n] of
     k_slc/v_slc [B, T, H, d] into o [B, T, HQ, dv] (float32) and lse [B, T, HQ] (a float32 view).
 
-    Each loop step folds `blocks_per_step` selected blocks (a power of two) into the softmax."""
+    Each loop step folds `blocks_per_step` selected blocks (a power of two) into the softmax; with
+    one block per step, a block longer than FWD_KEYS keys is folded in tiles of FWD_KEYS."""
     B, T, HQ, dk = q.shape
     H, dv = k_slc.shape[2], v_slc.shape[3]
     indices = indices.contiguous()
+    bl = padded(config.slc_len) if blocks_per_step > 1 else min(padded(config.slc_len), FWD_KEYS)
     _slc_fwd[(T, B * H)](
         q, k_slc, v_slc, indices, o, lse, q.stride(0), q.stride(1), q.stride(2), k_slc.stride(0),
         k_slc.stride(1), k_slc.stride(2), v_slc.stride(0), v_slc.stride(1), v_slc.stride(2),
         indices.stride(0), indices.stride(1), indices.stride(2), o.stride(0), o.stride(1),
         o.stride(2), lse.stride(0), lse.stride(1), lse.stride(2), H, HQ // H, dk, dv,
-        scale, N_SEL=indices.shape[3], L_SLC=config.slc_len, BL=padded(config.slc_len), KB=blocks_per_step,
-        GP=padded(HQ // H), DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
+        scale, N_SEL=indices.shape[3], L_SLC=config.slc_len, BL=bl, SUB=triton.cdiv(config.slc_len, bl),
+        KB=blocks_per_step, GP=padded(HQ // H), DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
         INTERP=interpreted(), num_warps=num_warps, num_stages=num_stages,
     )
 
@@ -465,6 +473,21 @@ def _dkdv_tiles(group: int, dims: int, block: int, elt: int) -> tuple[int, int, 
     return keys, bt, gp, _staged_fit(bt * gp, keys, dims, elt) or 1
 
 
+def _smaller_dkdv_tiles(tuned: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
+    """`tuned` (keys, tokens per tile, padded group, stages), then one stage, then half the tokens
+    per tile (down to 16 rows or one token), then half the keys (down to 16): the plans that
+    `tiles.first_fit` tries where the tuned one exceeds the GPU's shared memory (sm_89: 99 KiB)."""
+    keys, bt, gp, stages = tuned
+    plans = [tuned] + ([(keys, bt, gp, 1)] if stages > 1 else [])
+    while bt * gp > 16 and bt > 1:
+        bt //= 2
+        plans.append((keys, bt, gp, 1))
+    while keys > 16:
+        keys //= 2
+        plans.append((keys, bt, gp, 1))
+    return plans
+
+
 DqStage = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, NSAConfig, float],
                    None]
 """A selected-branch dq pass: (q, k_slc, v_slc, indices, grad_o, gate, lse, delta, dq, config, scale)
@@ -523,18 +546,23 @@ def selected_attention_backward(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices
     dv_slc = torch.empty((B, T, H, dv), dtype=torch.float32, device=q.device)
     pk = torch.empty((B * H, max(n_more, 1), l_slc, dk), dtype=torch.float32, device=q.device)
     pv = torch.empty((B * H, max(n_more, 1), l_slc, dv), dtype=torch.float32, device=q.device)
-    keys, bt, gp, stages = _dkdv_tiles(G, dkp + dvp, bl, q.element_size())
-    _slc_bwd_dkdv[(pieces.shape[2] * (bl // keys), B * H)](
-        q, k_slc, v_slc, grad_o, gate, lse, delta, tokens, pieces, dk_slc, dv_slc, pk, pv, q.stride(0),
-        q.stride(1), q.stride(2), k_slc.stride(0), k_slc.stride(1), k_slc.stride(2), v_slc.stride(0),
-        v_slc.stride(1), v_slc.stride(2), grad_o.stride(0), grad_o.stride(1), grad_o.stride(2),
-        gate.stride(0), gate.stride(1), gate.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
-        delta.stride(0), delta.stride(1), delta.stride(2), tokens.stride(1), pieces.stride(1),
-        dk_slc.stride(0), dk_slc.stride(1), dk_slc.stride(2), dv_slc.stride(0), dv_slc.stride(1),
-        dv_slc.stride(2), pk.stride(0), pk.stride(1), pv.stride(0), pv.stride(1), T, H, G, n_blocks,
-        pieces.shape[2], dk, dv, scale, L_SLC=l_slc, BK=keys, NSUB=bl // keys, BT=bt, GP=gp, DKP=dkp,
-        DVP=dvp, PREC=prec, INTERP=interp, num_warps=BWD_DKDV_WARPS, num_stages=stages,
-    )
+    tuned = _dkdv_tiles(G, dkp + dvp, bl, q.element_size())
+    gp = tuned[2]
+
+    def launch(plan: tuple[int, int, int, int]) -> tuple[tuple, dict]:
+        keys, bt, _, stages = plan
+        args = (q, k_slc, v_slc, grad_o, gate, lse, delta, tokens, pieces, dk_slc, dv_slc, pk, pv,
+                *q.stride()[:3], *k_slc.stride()[:3], *v_slc.stride()[:3], *grad_o.stride()[:3],
+                *gate.stride()[:3], *lse.stride()[:3], *delta.stride()[:3], tokens.stride(1),
+                pieces.stride(1), *dk_slc.stride()[:3], *dv_slc.stride()[:3], pk.stride(0), pk.stride(1),
+                pv.stride(0), pv.stride(1), T, H, G, n_blocks, pieces.shape[2], dk, dv, scale)
+        return args, dict(L_SLC=l_slc, BK=keys, NSUB=bl // keys, BT=bt, GP=gp, DKP=dkp, DVP=dvp, PREC=prec,
+                          INTERP=interp, num_warps=BWD_DKDV_WARPS, num_stages=stages)
+
+    plan = first_fit(_slc_bwd_dkdv, _smaller_dkdv_tiles(tuned), launch, q.device)
+    keys = plan[0]
+    args, kwargs = launch(plan)
+    _slc_bwd_dkdv[(pieces.shape[2] * (bl // keys), B * H)](*args, **kwargs)
     if n_more > 0:
         _slc_bwd_reduce[(n_blocks * (bl // keys), B * H)](
             dk_slc, dv_slc, pk, pv, extra, extra.stride(1), dk_slc.stride(0), dk_slc.stride(1),

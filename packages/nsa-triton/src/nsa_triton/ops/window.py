@@ -23,14 +23,14 @@ from torch import Tensor
 from nsa_triton.ops.attention_grad import (
     DOT_MIN,
     BackwardTiles,
-    backward_tiles,
+    backward_tile_plans,
     grad_step,
     grad_step_keys,
     load_rows,
 )
 from nsa_triton.ops.compress import _rows
 from nsa_triton.ops.online import dot, finish, interpreted, online_step
-from nsa_triton.ops.tiles import dot_precision, group_tile, padded
+from nsa_triton.ops.tiles import dot_precision, first_fit, group_tile, padded, staged_plans
 
 
 @triton.jit
@@ -108,15 +108,20 @@ def window_attention(q: Tensor, k_win: Tensor, v_win: Tensor, gates: Tensor, bra
     B, T, HQ, dk = q.shape
     H, dv = k_win.shape[2], v_win.shape[3]
     bt, gp = group_tile(HQ // H, rows)
-    _win_fwd[(triton.cdiv(T, bt), B * H)](
-        q, k_win, v_win, gates, branch_o, o, lse, q.stride(0), q.stride(1), q.stride(2),
-        k_win.stride(0), k_win.stride(1), k_win.stride(2), v_win.stride(0), v_win.stride(1),
-        v_win.stride(2), gates.stride(0), gates.stride(1), gates.stride(2), branch_o.stride(0),
-        branch_o.stride(1), branch_o.stride(2), branch_o.stride(3), o.stride(0), o.stride(1),
-        o.stride(2), lse.stride(0), lse.stride(1), lse.stride(2), T, H, HQ // H, dk, dv, scale, config.window,
-        BT=bt, GP=gp, BN=bn, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
-        INTERP=interpreted(), num_warps=num_warps,
-    )
+
+    def launch(plan: tuple[int, int]) -> tuple[tuple, dict]:
+        keys, stages = plan
+        args = (q, k_win, v_win, gates, branch_o, o, lse, q.stride(0), q.stride(1), q.stride(2),
+                k_win.stride(0), k_win.stride(1), k_win.stride(2), v_win.stride(0), v_win.stride(1),
+                v_win.stride(2), gates.stride(0), gates.stride(1), gates.stride(2), branch_o.stride(0),
+                branch_o.stride(1), branch_o.stride(2), branch_o.stride(3), o.stride(0), o.stride(1),
+                o.stride(2), lse.stride(0), lse.stride(1), lse.stride(2), T, H, HQ // H, dk, dv, scale,
+                config.window)
+        return args, dict(BT=bt, GP=gp, BN=keys, DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
+                          INTERP=interpreted(), num_warps=num_warps, num_stages=stages)
+
+    args, kwargs = launch(first_fit(_win_fwd, staged_plans(bn), launch, q.device))
+    _win_fwd[(triton.cdiv(T, bt), B * H)](*args, **kwargs)
 
 
 @triton.jit
@@ -244,31 +249,40 @@ def window_attention_backward(q: Tensor, k_win: Tensor, v_win: Tensor, grad_o: T
     grad_o [B, T, HQ, dv] is the gradient of the gated output; gate [B, T, HQ] this branch's
     gate, lse its forward log-sum-exp, delta its rowsum(dO * O) (views, float32 for lse/delta).
     `tiles` are the dK/dV kernel's, `dq_tiles` the dQ kernel's (default: `tiles` when given, else the
-    tuned `backward_tiles`).
+    tuned `backward_tile_plans`, the first that fits the GPU's shared memory).
     """
     B, T, HQ, dk = q.shape
     H, dv = k_win.shape[2], v_win.shape[3]
     G = HQ // H
     dk_win = torch.empty((B, T, H, dk), dtype=torch.float32, device=q.device)
     dv_win = torch.empty((B, T, H, dv), dtype=torch.float32, device=q.device)
-    dkdv_tuned, dq_tuned = backward_tiles(group_tile(G, 1)[1], dk, dv, q.element_size())
-    tiles, dq_tiles = tiles or dkdv_tuned, dq_tiles or tiles or dq_tuned
+    dkdv_plans, dq_plans = backward_tile_plans(group_tile(G, 1)[1], dk, dv, q.element_size())
+    if tiles is not None:
+        dkdv_plans, dq_plans = [tiles], [dq_tiles or tiles]
+    elif dq_tiles is not None:
+        dq_plans = [dq_tiles]
     common = dict(T=T, H=H, G=G, DK=dk, DV=dv, scale=scale, W=config.window, DKP=padded(dk), DVP=padded(dv),
                   PREC=dot_precision(q.dtype), INTERP=interpreted())
     strides = (q.stride(0), q.stride(1), q.stride(2), k_win.stride(0), k_win.stride(1), k_win.stride(2),
                v_win.stride(0), v_win.stride(1), v_win.stride(2), grad_o.stride(0), grad_o.stride(1),
                grad_o.stride(2), gate.stride(0), gate.stride(1), gate.stride(2), lse.stride(0),
                lse.stride(1), lse.stride(2), delta.stride(0), delta.stride(1), delta.stride(2))
-    bt, gp = group_tile(G, tiles.rows)
-    _win_bwd_dkdv[(triton.cdiv(T, tiles.keys), B * H)](
-        q, k_win, v_win, grad_o, gate, lse, delta, dk_win, dv_win, *strides, dk_win.stride(0),
-        dk_win.stride(1), dk_win.stride(2), dv_win.stride(0), dv_win.stride(1), dv_win.stride(2),
-        BT=bt, GP=gp, BN=tiles.keys, num_warps=tiles.num_warps, num_stages=tiles.num_stages, **common,
-    )
-    bt, gp = group_tile(G, dq_tiles.rows)
-    _win_bwd_dq[(triton.cdiv(T, bt), B * H)](
-        q, k_win, v_win, grad_o, gate, lse, delta, dq, *strides, dq.stride(0), dq.stride(1), dq.stride(2),
-        BT=bt, GP=gp, BN=dq_tiles.keys, num_warps=dq_tiles.num_warps, num_stages=dq_tiles.num_stages,
-        **common,
-    )
+
+    def dkdv_launch(t: BackwardTiles) -> tuple[tuple, dict]:
+        bt, gp = group_tile(G, t.rows)
+        return ((q, k_win, v_win, grad_o, gate, lse, delta, dk_win, dv_win, *strides, *dk_win.stride()[:3],
+                 *dv_win.stride()[:3]),
+                dict(BT=bt, GP=gp, BN=t.keys, num_warps=t.num_warps, num_stages=t.num_stages, **common))
+
+    def dq_launch(t: BackwardTiles) -> tuple[tuple, dict]:
+        bt, gp = group_tile(G, t.rows)
+        return ((q, k_win, v_win, grad_o, gate, lse, delta, dq, *strides, *dq.stride()[:3]),
+                dict(BT=bt, GP=gp, BN=t.keys, num_warps=t.num_warps, num_stages=t.num_stages, **common))
+
+    tiles = first_fit(_win_bwd_dkdv, dkdv_plans, dkdv_launch, q.device)
+    args, kwargs = dkdv_launch(tiles)
+    _win_bwd_dkdv[(triton.cdiv(T, tiles.keys), B * H)](*args, **kwargs)
+    dq_tiles = first_fit(_win_bwd_dq, dq_plans, dq_launch, q.device)
+    args, kwargs = dq_launch(dq_tiles)
+    _win_bwd_dq[(triton.cdiv(T, kwargs["BT"]), B * H)](*args, **kwargs)
     return dk_win, dv_win
