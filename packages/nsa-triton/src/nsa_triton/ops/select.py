@@ -36,7 +36,7 @@ from torch import Tensor
 
 from nsa_triton.ops.attention_grad import grad_step
 from nsa_triton.ops.online import dot, finish, interpreted, online_step
-from nsa_triton.ops.tiles import dot_precision, first_fit, group_tile, padded
+from nsa_triton.ops.tiles import dot_precision, first_fit, group_tile, padded, staged_plans
 
 TOP_N_MAX_BLOCKS = 16384  # one program holds a token's whole score row: T <= 16384 * l'
 FWD_KEYS = 64  # keys per step of the forward: a longer block is folded in tiles of this many
@@ -79,17 +79,17 @@ def _slc_fwd(Q, K, V, IDX, O, LSE, sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_
     K += b * sk_b + h * sk_h
     V += b * sv_b + h * sv_h
     IDX += b * si_b + t * si_t + h * si_h
-    for slot in range(0, N_SEL, KB):
+    for step in range(0, N_SEL * SUB, KB):  # one loop, so that its loads pipeline
+        slot = step // SUB  # a block longer than BL keys takes SUB steps
         blk = tl.load(IDX + slot + which, mask=slot + which < N_SEL, other=-1)
-        for sub in tl.static_range(SUB):  # a block longer than BL keys in SUB tiles
-            key = sub * BL + offs  # [KB * BL] key offsets within the block
-            pos = blk.to(tl.int64) * L_SLC + key
-            ok = (blk >= 0) & (key < L_SLC) & (pos <= t)
-            k = tl.load(K + pos[:, None] * sk_t + ck[None, :], mask=ok[:, None] & (ck[None, :] < DK),
-                        other=0.0)  # [KB * BL, DKP]
-            v = tl.load(V + pos[:, None] * sv_t + cv[None, :], mask=ok[:, None] & (cv[None, :] < DV),
-                        other=0.0)  # [KB * BL, DVP]
-            m, den, acc = online_step(q, k, v, ok[None, :], m, den, acc, scale, PREC, INTERP)
+        key = (step % SUB) * BL + offs  # [KB * BL] key offsets within the block
+        pos = blk.to(tl.int64) * L_SLC + key
+        ok = (blk >= 0) & (key < L_SLC) & (pos <= t)
+        k = tl.load(K + pos[:, None] * sk_t + ck[None, :], mask=ok[:, None] & (ck[None, :] < DK),
+                    other=0.0)  # [KB * BL, DKP]
+        v = tl.load(V + pos[:, None] * sv_t + cv[None, :], mask=ok[:, None] & (cv[None, :] < DV),
+                    other=0.0)  # [KB * BL, DVP]
+        m, den, acc = online_step(q, k, v, ok[None, :], m, den, acc, scale, PREC, INTERP)
     o, lse = finish(m, den, acc)
     tl.store(O + b * so_b + t * so_t + hq[:, None] * so_h + cv[None, :], o,
              mask=g_ok[:, None] & (cv[None, :] < DV))
@@ -219,20 +219,27 @@ def selected_attention(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor,
     k_slc/v_slc [B, T, H, d] into o [B, T, HQ, dv] (float32) and lse [B, T, HQ] (a float32 view).
 
     Each loop step folds `blocks_per_step` selected blocks (a power of two) into the softmax; with
-    one block per step, a block longer than FWD_KEYS keys is folded in tiles of FWD_KEYS."""
+    one block per step, a block is folded in tiles of at most FWD_KEYS keys (fewer, or fewer stages,
+    where the GPU's shared memory is short: `tiles.first_fit`)."""
     B, T, HQ, dk = q.shape
     H, dv = k_slc.shape[2], v_slc.shape[3]
     indices = indices.contiguous()
-    bl = padded(config.slc_len) if blocks_per_step > 1 else min(padded(config.slc_len), FWD_KEYS)
-    _slc_fwd[(T, B * H)](
-        q, k_slc, v_slc, indices, o, lse, q.stride(0), q.stride(1), q.stride(2), k_slc.stride(0),
-        k_slc.stride(1), k_slc.stride(2), v_slc.stride(0), v_slc.stride(1), v_slc.stride(2),
-        indices.stride(0), indices.stride(1), indices.stride(2), o.stride(0), o.stride(1),
-        o.stride(2), lse.stride(0), lse.stride(1), lse.stride(2), H, HQ // H, dk, dv,
-        scale, N_SEL=indices.shape[3], L_SLC=config.slc_len, BL=bl, SUB=triton.cdiv(config.slc_len, bl),
-        KB=blocks_per_step, GP=padded(HQ // H), DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype),
-        INTERP=interpreted(), num_warps=num_warps, num_stages=num_stages,
-    )
+    if blocks_per_step > 1:
+        plans = [(padded(config.slc_len), num_stages)]
+    else:
+        plans = staged_plans(min(padded(config.slc_len), FWD_KEYS), num_stages)
+
+    def launch(plan: tuple[int, int]) -> tuple[tuple, dict]:
+        bl, stages = plan
+        args = (q, k_slc, v_slc, indices, o, lse, *q.stride()[:3], *k_slc.stride()[:3], *v_slc.stride()[:3],
+                *indices.stride()[:3], *o.stride()[:3], *lse.stride()[:3], H, HQ // H, dk, dv, scale)
+        return args, dict(N_SEL=indices.shape[3], L_SLC=config.slc_len, BL=bl,
+                          SUB=triton.cdiv(config.slc_len, bl), KB=blocks_per_step, GP=padded(HQ // H),
+                          DKP=padded(dk), DVP=padded(dv), PREC=dot_precision(q.dtype), INTERP=interpreted(),
+                          num_warps=num_warps, num_stages=stages)
+
+    args, kwargs = launch(first_fit(_slc_fwd, plans, launch, q.device))
+    _slc_fwd[(T, B * H)](*args, **kwargs)
 
 
 @triton.jit
@@ -503,16 +510,18 @@ def selected_dq(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, grad_o
     G, n, l_slc = HQ // H, indices.shape[3], config.slc_len
     dkp, dvp, bl = padded(dk), padded(dv), padded(l_slc)
     prec, interp = dot_precision(q.dtype), interpreted()
-    keys, stages = _dq_tiles(G, dkp + dvp, bl, q.element_size())
-    _slc_bwd_dq[(T, B * H)](
-        q, k_slc, v_slc, indices, grad_o, gate, lse, delta, dq, q.stride(0), q.stride(1), q.stride(2),
-        k_slc.stride(0), k_slc.stride(1), k_slc.stride(2), v_slc.stride(0), v_slc.stride(1), v_slc.stride(2),
-        indices.stride(0), indices.stride(1), indices.stride(2), grad_o.stride(0), grad_o.stride(1),
-        grad_o.stride(2), gate.stride(0), gate.stride(1), gate.stride(2), lse.stride(0), lse.stride(1),
-        lse.stride(2), delta.stride(0), delta.stride(1), delta.stride(2), dq.stride(0), dq.stride(1),
-        dq.stride(2), H, G, dk, dv, scale, N_SEL=n, L_SLC=l_slc, BK=keys, NSUB=bl // keys, GP=padded(G),
-        DKP=dkp, DVP=dvp, PREC=prec, INTERP=interp, num_warps=BWD_WARPS, num_stages=stages,
-    )
+
+    def launch(plan: tuple[int, int]) -> tuple[tuple, dict]:
+        keys, stages = plan
+        args = (q, k_slc, v_slc, indices, grad_o, gate, lse, delta, dq, *q.stride()[:3], *k_slc.stride()[:3],
+                *v_slc.stride()[:3], *indices.stride()[:3], *grad_o.stride()[:3], *gate.stride()[:3],
+                *lse.stride()[:3], *delta.stride()[:3], *dq.stride()[:3], H, G, dk, dv, scale)
+        return args, dict(N_SEL=n, L_SLC=l_slc, BK=keys, NSUB=bl // keys, GP=padded(G), DKP=dkp, DVP=dvp,
+                          PREC=prec, INTERP=interp, num_warps=BWD_WARPS, num_stages=stages)
+
+    tuned = _dq_tiles(G, dkp + dvp, bl, q.element_size())
+    args, kwargs = launch(first_fit(_slc_bwd_dq, staged_plans(*tuned), launch, q.device))
+    _slc_bwd_dq[(T, B * H)](*args, **kwargs)
 
 
 def selected_attention_backward(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, grad_o: Tensor,
