@@ -15,6 +15,9 @@ class FakeKernel:
 
     __name__ = "_fake"
     fn = SimpleNamespace(__module__="tests")
+    arg_names = ("X", "T", "BN")
+    params = (SimpleNamespace(name="X", is_constexpr=False), SimpleNamespace(name="T", is_constexpr=False),
+              SimpleNamespace(name="BN", is_constexpr=True))
 
     def __init__(self, needs: dict[int, int]) -> None:
         self.needs, self.compiles = needs, 0
@@ -32,9 +35,9 @@ def compiled(monkeypatch):
     tiles._SHARED.clear()
 
 
-def launch(plan):
+def launch(plan, T=100):
     keys, stages = plan
-    return (torch.empty(1),), dict(BN=keys, num_stages=stages)
+    return (torch.empty(1), T), dict(BN=keys, num_stages=stages)
 
 
 def test_takes_the_first_plan_that_fits(compiled):
@@ -43,7 +46,10 @@ def test_takes_the_first_plan_that_fits(compiled):
     assert tiles.first_fit(kernel, plans, launch, torch.device("cpu")) == (32, 1)
     compiles = kernel.compiles
     assert tiles.first_fit(kernel, plans, launch, torch.device("cpu")) == (32, 1)
-    assert kernel.compiles == compiles  # the answers are cached
+    assert tiles.first_fit(kernel, plans, lambda p: launch(p, T=228), torch.device("cpu")) == (32, 1)
+    assert kernel.compiles == compiles  # cached, also across lengths of the same specialisation
+    tiles.first_fit(kernel, plans, lambda p: launch(p, T=224), torch.device("cpu"))  # divisible by 16
+    assert kernel.compiles > compiles
 
 
 def test_no_plan_fits_says_why(compiled):

@@ -480,18 +480,17 @@ def _dkdv_tiles(group: int, dims: int, block: int, elt: int) -> tuple[int, int, 
     return keys, bt, gp, _staged_fit(bt * gp, keys, dims, elt) or 1
 
 
-def _smaller_dkdv_tiles(tuned: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
-    """`tuned` (keys, tokens per tile, padded group, stages), then one stage, then half the tokens
-    per tile (down to 16 rows or one token), then half the keys (down to 16): the plans that
+def _smaller_dkdv_tiles(keys: int, bt: int, gp: int, stages: int) -> list[tuple[int, int, int]]:
+    """The tuned (keys, tokens per tile, stages) of `_dkdv_tiles`, then one stage, then half the
+    tokens per tile (down to 16 rows or one token), then half the keys (down to 16): the plans that
     `tiles.first_fit` tries where the tuned one exceeds the GPU's shared memory (sm_89: 99 KiB)."""
-    keys, bt, gp, stages = tuned
-    plans = [tuned] + ([(keys, bt, gp, 1)] if stages > 1 else [])
+    plans = [(keys, bt, stages)] + ([(keys, bt, 1)] if stages > 1 else [])
     while bt * gp > 16 and bt > 1:
         bt //= 2
-        plans.append((keys, bt, gp, 1))
+        plans.append((keys, bt, 1))
     while keys > 16:
         keys //= 2
-        plans.append((keys, bt, gp, 1))
+        plans.append((keys, bt, 1))
     return plans
 
 
@@ -555,11 +554,10 @@ def selected_attention_backward(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices
     dv_slc = torch.empty((B, T, H, dv), dtype=torch.float32, device=q.device)
     pk = torch.empty((B * H, max(n_more, 1), l_slc, dk), dtype=torch.float32, device=q.device)
     pv = torch.empty((B * H, max(n_more, 1), l_slc, dv), dtype=torch.float32, device=q.device)
-    tuned = _dkdv_tiles(G, dkp + dvp, bl, q.element_size())
-    gp = tuned[2]
+    keys, bt, gp, stages = _dkdv_tiles(G, dkp + dvp, bl, q.element_size())
 
-    def launch(plan: tuple[int, int, int, int]) -> tuple[tuple, dict]:
-        keys, bt, _, stages = plan
+    def launch(plan: tuple[int, int, int]) -> tuple[tuple, dict]:
+        keys, bt, stages = plan
         args = (q, k_slc, v_slc, grad_o, gate, lse, delta, tokens, pieces, dk_slc, dv_slc, pk, pv,
                 *q.stride()[:3], *k_slc.stride()[:3], *v_slc.stride()[:3], *grad_o.stride()[:3],
                 *gate.stride()[:3], *lse.stride()[:3], *delta.stride()[:3], tokens.stride(1),
@@ -568,7 +566,7 @@ def selected_attention_backward(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices
         return args, dict(L_SLC=l_slc, BK=keys, NSUB=bl // keys, BT=bt, GP=gp, DKP=dkp, DVP=dvp, PREC=prec,
                           INTERP=interp, num_warps=BWD_DKDV_WARPS, num_stages=stages)
 
-    plan = first_fit(_slc_bwd_dkdv, _smaller_dkdv_tiles(tuned), launch, q.device)
+    plan = first_fit(_slc_bwd_dkdv, _smaller_dkdv_tiles(keys, bt, gp, stages), launch, q.device)
     keys = plan[0]
     args, kwargs = launch(plan)
     _slc_bwd_dkdv[(pieces.shape[2] * (bl // keys), B * H)](*args, **kwargs)

@@ -17,6 +17,7 @@ SM90_SMEM = 232448
 CUDA device is asked (the interpreter, offline compiles)."""
 
 Plan = TypeVar("Plan")
+LAUNCH_OPTIONS = frozenset({"num_warps", "num_stages"})
 
 
 def padded(n: int) -> int:
@@ -50,18 +51,28 @@ def smem_limit(device: torch.device) -> int:
     return _device_smem(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def _key(value: Any) -> Any:
-    return value.dtype if isinstance(value, torch.Tensor) else value
+def _compile_key(value: Any) -> Any:
+    """What of a runtime argument the compiled binary depends on: a tensor's dtype, an int's
+    specialisation (equal to 1, divisible by 16), a float's type."""
+    if isinstance(value, torch.Tensor) or hasattr(value, "dtype"):
+        return value.dtype
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value == 1, value % 16 == 0
+    return type(value).__name__ if isinstance(value, float) else value
 
 
 _SHARED: dict[tuple, int] = {}
 
 
 def _shared_bytes(kernel: Any, args: tuple, kwargs: dict, device: torch.device) -> int:
-    """The shared memory of `kernel` compiled for these arguments (Triton caches the binary; the
-    answer is cached here by the constexprs, launch options and argument dtypes)."""
+    """The shared memory of `kernel` compiled for these arguments, cached by what the binary
+    depends on (constexprs, launch options, argument dtypes and int specialisations), so that
+    lengths and strides that change from call to call compile and look up nothing new."""
+    bound = dict(zip(kernel.arg_names, args, strict=False)) | kwargs
+    constexprs = {p.name for p in kernel.params if p.is_constexpr}
     key = (kernel.fn.__module__, kernel.__name__, str(device),
-           tuple(_key(a) for a in args), tuple(sorted((k, _key(v)) for k, v in kwargs.items())))
+           tuple(sorted((k, v if k in constexprs or k in LAUNCH_OPTIONS else _compile_key(v))
+                        for k, v in bound.items())))
     if key not in _SHARED:
         compiled = kernel.warmup(*args, grid=(1,), **kwargs)
         compiled = compiled.result() if hasattr(compiled, "result") else compiled  # an async compile
