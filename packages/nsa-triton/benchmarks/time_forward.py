@@ -1,8 +1,10 @@
 """Per-stage forward times of backend "triton" beside cuDNN dense causal attention, on a GPU.
 
 "scores" and "top-n" are the two-pass form (a float32 score matrix [T, H, n_blocks] between them),
-"scores+top-n" the one-pass `importance_top_n` the forward runs. Variants of the kernels' tiles
-(rows r, key tile bn, warps w, stages s) are timed beside the defaults. Paper shape: bf16, B=1,
+"running" the one-pass `running_top_n`, "selection" `importance_top_n`, which the forward runs (the
+two-pass form in chunks of at most 1 GiB of scores for G >= 2, the one-pass form for G = 1).
+Variants of the kernels' tiles (rows r, key tile bn, warps w, stages s) are timed beside the
+defaults. Paper shape: bf16, B=1,
 HQ=64, H=4, dk=dv=128, l=32, d=16, l'=64, n=16, w=512. Before timing, the outputs at the smallest
 T are compared with backend "torch" (relative error of o, share of equal indices). Times are
 `triton.testing.do_bench` medians on random inputs. Prints one table.
@@ -20,9 +22,10 @@ from nsa_spec import NSAConfig, NSAInputs
 from nsa_spec.blocks import n_cmp, n_slc_blocks
 from nsa_torch.backend import TorchBackend
 from nsa_triton.backend import TritonBackend
-from nsa_triton.ops.compress import compressed_attention, importance_scores, importance_top_n
+from nsa_triton.ops.compress import compressed_attention, importance_scores, importance_top_n, running_top_n
 from nsa_triton.ops.select import selected_attention, top_n
 from nsa_triton.ops.window import window_attention
+from slc_tma import selected_attention_tma
 
 CFG = NSAConfig(cmp_len=32, cmp_stride=16, slc_len=64, top_n=16, window=512)
 HQ, H, D = 64, 4, 128
@@ -49,34 +52,52 @@ def stage_times(x: NSAInputs) -> dict[str, float]:
     compressed_attention(x.q, x.k_cmp, x.v_cmp, o_cmp, lse[..., 0], CFG, scale)
     scores = importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale)
     idx = top_n(scores, CFG)
+    same = [torch.equal(f(x.q, x.k_cmp, lse[..., 0], CFG, scale), idx)
+            for f in (importance_top_n, running_top_n)]
+    print(f"T={T}: indices equal to the two-pass ones: selection {same[0]}, running {same[1]}", flush=True)
+
+    def slc_tma(keys: int, warps: int, stages: int) -> None:
+        selected_attention_tma(x.q, x.k_slc, x.v_slc, idx, o_slc, lse[..., 1], CFG, scale, keys, warps,
+                               stages)
+
     bench = {
         "cmp": lambda: compressed_attention(x.q, x.k_cmp, x.v_cmp, o_cmp, lse[..., 0], CFG, scale),
         "scores": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale),
         "top-n": lambda: top_n(scores, CFG),
-        "scores+top-n": lambda: importance_top_n(x.q, x.k_cmp, lse[..., 0], CFG, scale),
+        "running": lambda: running_top_n(x.q, x.k_cmp, lse[..., 0], CFG, scale),
+        "selection": lambda: importance_top_n(x.q, x.k_cmp, lse[..., 0], CFG, scale),
         "slc": lambda: selected_attention(x.q, x.k_slc, x.v_slc, idx, o_slc, lse[..., 1], CFG, scale),
         "win+comb": lambda: window_attention(x.q, x.k_win, x.v_win, x.gates, branch_o, o,
                                            lse[..., 2], CFG, scale),
         "total": lambda: TritonBackend().forward(x, CFG),
     }
     variants = {
-        "scores r128w8": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 128, 64, 8),
-        "scores r64w8": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 64, 64, 8),
-        "scores bn128": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 64, 128, 4),
-        "scores r32": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 32, 64, 4),
-        "scores+top-n r32": lambda: importance_top_n(x.q, x.k_cmp, lse[..., 0], CFG, scale, 32, 64, 4),
-        "scores+top-n r128w8": lambda: importance_top_n(x.q, x.k_cmp, lse[..., 0], CFG, scale, 128, 64, 8),
-        "scores+top-n bn128": lambda: importance_top_n(x.q, x.k_cmp, lse[..., 0], CFG, scale, 64, 128, 4),
-        "top-n w1": lambda: top_n(scores, CFG, 1),
+        "scores r64w4": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 64, 64, 4),
+        "scores r256w8": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 256, 64, 8),
+        "scores r128w4": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale, 128, 64, 4),
+        "running r128w8": lambda: running_top_n(x.q, x.k_cmp, lse[..., 0], CFG, scale, 128, 64, 8),
         "top-n w2": lambda: top_n(scores, CFG, 2),
-        "top-n w8": lambda: top_n(scores, CFG, 8),
+        "top-n w4": lambda: top_n(scores, CFG, 4),
         "cmp bn128w8": lambda: compressed_attention(x.q, x.k_cmp, x.v_cmp, o_cmp, lse[..., 0], CFG, scale,
                                                     128, 128, 8),
         "win bn128": lambda: window_attention(x.q, x.k_win, x.v_win, x.gates, branch_o, o, lse[..., 2],
                                             CFG, scale, 64, 128, 4),
         "slc k1w4s3": lambda: selected_attention(x.q, x.k_slc, x.v_slc, idx, o_slc, lse[..., 1], CFG, scale,
                                                  1, 4, 3),
+        "slc tma": lambda: slc_tma(64, 4, 2),
+        "slc tma s3": lambda: slc_tma(64, 4, 3),
+        "slc tma w8": lambda: slc_tma(64, 8, 2),
+        "slc tma k32s3": lambda: slc_tma(32, 4, 3),
     }
+    selected_attention(x.q, x.k_slc, x.v_slc, idx, o_slc, lse[..., 1], CFG, scale)
+    want = o_slc.clone(), lse[..., 1].clone()
+    try:
+        slc_tma(64, 4, 2)
+        print(f"T={T}: slc tma against slc: max |o| diff {(o_slc - want[0]).abs().max().item():.2e}, "
+              f"max |lse| diff {(lse[..., 1] - want[1]).abs().max().item():.2e}", flush=True)
+    except Exception as error:  # an experiment: report it and time the rest
+        print(f"T={T}: slc tma failed: {type(error).__name__}: {str(error)[:300]}", flush=True)
+        variants = {k: f for k, f in variants.items() if not k.startswith("slc tma")}
     bench.update(variants)
     return {k: triton.testing.do_bench(f, warmup=50, rep=300, return_mode="median") for k, f in bench.items()}
 
@@ -103,7 +124,7 @@ def check_against_torch(T: int) -> str:
 def main(seqlens: list[int]) -> None:
     print(torch.cuda.get_device_name(), "triton", triton.__version__, "torch", torch.__version__)
     print(check_against_torch(min(seqlens)), flush=True)
-    stages = ("cmp", "scores", "top-n", "scores+top-n", "slc", "win+comb", "total")
+    stages = ("cmp", "scores", "top-n", "running", "selection", "slc", "win+comb", "total")
     rows = []
     for T in seqlens:
         x = make_inputs(T)

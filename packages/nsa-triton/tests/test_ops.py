@@ -89,9 +89,10 @@ MANY_BLOCKS = NSAConfig(cmp_len=8, cmp_stride=4, slc_len=8, top_n=16)  # 38 bloc
      (1, 300, 8, 1, MANY_BLOCKS, False, torch.float32), (1, 300, 8, 1, MANY_BLOCKS, True, torch.float32),
      (1, 200, 4, 2, CFG, False, torch.bfloat16)],
 )
-def test_importance_top_n_equals_two_pass(B, T, HQ, H, config, zero_q, dtype):
-    """The one-pass ranking picks what top_n picks from the whole score matrix. q = 0 makes every
-    visible compressed token equally likely, so many blocks tie and the tie rule decides."""
+def test_running_top_n_equals_two_pass(B, T, HQ, H, config, zero_q, dtype, monkeypatch):
+    """The one-pass ranking picks what top_n picks from the whole score matrix, and so does the
+    forward's selection in chunks of a few tokens. q = 0 makes every visible compressed token
+    equally likely, so many blocks tie and the tie rule decides."""
     inputs = make_inputs(np.random.default_rng(T + HQ), B, T, HQ, H, 16, 16, config)
     a = {n: torch.from_numpy(x).to(DEVICE, dtype) for n, x in inputs.arrays().items()}
     q = torch.zeros_like(a["q"]) if zero_q else a["q"]
@@ -101,8 +102,11 @@ def test_importance_top_n_equals_two_pass(B, T, HQ, H, config, zero_q, dtype):
     compress.compressed_attention(q, a["k_cmp"], a["v_cmp"], o, lse, config, scale)
     scores = compress.importance_scores(q, a["k_cmp"], lse, n_slc_blocks(T, config), config, scale)
     want = select.top_n(scores, config)
-    got = compress.importance_top_n(q, a["k_cmp"], lse, config, scale)
+    got = compress.running_top_n(q, a["k_cmp"], lse, config, scale)
     np.testing.assert_array_equal(got.cpu().numpy(), want.cpu().numpy())
+    monkeypatch.setattr(compress, "SCORE_CHUNK_ELEMENTS", B * H * scores.shape[-1] * 24)  # 24-token chunks
+    chunked = compress.importance_top_n(q, a["k_cmp"], lse, config, scale)
+    np.testing.assert_array_equal(chunked.cpu().numpy(), want.cpu().numpy())
     if zero_q:
         ties = (scores[..., 1:] == scores[..., :-1]) & (scores[..., 1:] > 0)
         assert ties.any(), "q = 0 was meant to make ties"

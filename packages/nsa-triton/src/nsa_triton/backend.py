@@ -72,8 +72,10 @@ class TritonBackend:
                 "token by token above: the faster one on an H200 at T = 32k (compare_selected.py, "
                 f"prefill-groups); block by block only where its tiles fit: l' <= {MAX_BLOCK} and "
                 f"(padded dk + dv) * itemsize <= {MAX_ROW_BYTES} bytes, token by token otherwise",
-                "top_n": "importance scores and top-n in one pass (a running top-n per token, no "
-                "block-score matrix in memory); the decode step holds a row of at most "
+                "top_n": "for G >= 2, importance scores then top-n in chunks of query tokens (at "
+                "most 1 GiB of float32 block scores at a time); for G = 1 or rows of more than "
+                f"{TOP_N_MAX_BLOCKS} blocks, in one pass (a running top-n per token, no score matrix): "
+                "the faster form for each on an H200; the decode step holds a row of at most "
                 f"{TOP_N_MAX_BLOCKS} block scores",
                 "cpu": "only under Triton's interpreter (TRITON_INTERPRET=1 at construction)",
                 "sm90": "measured on an H200 (bench/results/nvidia-h200); sm_80/sm_89 compile through "

@@ -1,6 +1,6 @@
 """The forward of backend "cuda": triton's composition (`nsa_triton.ops.nsa.nsa_attention`:
-compressed branch, importance scores with top-n in one pass, window fused with the gated combine) with the
-selected branch on this package's kernel. Nothing else is duplicated."""
+compressed branch, importance scores with top-n, window fused with the gated combine) with the selected
+branch on this package's kernel. Nothing else is duplicated."""
 
 from __future__ import annotations
 

@@ -6,10 +6,11 @@ visible compressed tokens, writing o (float32) and the log-sum-exp. A second pas
 log-sum-exp known, recomputes p_cmp, sums it over the group and maps it onto selection blocks:
 score[j] = sum_i M[i, j] p[i] with M[i, j] = |[i*d, i*d + l) n [j*l', (j+1)*l')| / d. Each
 program owns whole blocks (it loads the l/d - 1 tokens of halo a block shares with its left
-neighbour), so every score comes from one program and the pass is deterministic. The forward
-ranks the scores in that pass (`importance_top_n`, Eqs. 9-11) and keeps only each token's running
-top n; `importance_scores` writes the whole score matrix instead (the two-pass baseline of
-benchmarks/time_forward.py, and the scores' test against the reference).
+neighbour), so every score comes from one program and the pass is deterministic. The forward's
+selection (`importance_top_n`, Eqs. 9-11) either writes the scores of a chunk of tokens
+(`importance_scores`) and ranks them (`select.top_n`), chunk after chunk, or ranks them in the
+score pass itself (`running_top_n`: each token's running top n, no score matrix), whichever is
+faster for the shape.
 
 Backward (`nsa_triton.ops.attention_grad` has the step): one program per compressed-key tile
 walks the row tiles of the tokens that can see it (from token i*d + l - 1 on) and writes that
@@ -22,6 +23,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from nsa_spec.blocks import n_slc_blocks
 from nsa_spec.config import NSAConfig
 from torch import Tensor
 
@@ -34,9 +36,16 @@ from nsa_triton.ops.attention_grad import (
     load_rows,
 )
 from nsa_triton.ops.online import dot, finish, interpreted, online_step
-from nsa_triton.ops.select import top_n_insert, top_n_key, top_n_store
+from nsa_triton.ops.select import TOP_N_MAX_BLOCKS, top_n, top_n_insert, top_n_key, top_n_store
 from nsa_triton.ops.tiles import dot_precision, first_fit, group_tile, padded, staged_plans
 
+SCORE_ROWS = 128
+SCORE_WARPS = 8
+"""(token, head) rows per score tile and warps (H200, bf16, paper shape: 9.9 / 38.7 ms against
+11.5 / 44.9 ms for 64 rows and 4 warps at T = 64k / 128k)."""
+SCORE_CHUNK_ELEMENTS = 1 << 28
+"""Float32 scores `importance_top_n` holds at once (1 GiB): the paper shape at T = 128k takes 4
+chunks of 32768 tokens instead of a 4.3 GB matrix."""
 CMP_BWD_PROGRAMS = 1056
 """Programs the compressed dK/dV pass aims for (8 per SM of an H100/H200): with few kv heads the
 key tiles alone are too few (256 at T = 64k, H = 4), so each key tile's queries are cut into
@@ -130,31 +139,32 @@ def _block_scores(j0, q, t, row_ok, lse, K, sk_n, N, DK, scale, L_CMP: tl.conste
 
 
 @triton.jit
-def _score_rows(Q, LSE, sq_b, sq_t, sq_h, sl_b, sl_t, sl_h, T, N, H, G, DK, L_CMP: tl.constexpr,
+def _score_rows(Q, LSE, sq_b, sq_t, sq_h, sl_b, sl_t, sl_h, T0, T, N, H, G, DK, L_CMP: tl.constexpr,
                 D_CMP: tl.constexpr, L_SLC: tl.constexpr, BT: tl.constexpr, GP: tl.constexpr,
                 DKP: tl.constexpr):
-    """This program's rows for a score pass: batch b, kv head h, q [BT * GP, DKP], t, row_ok, the
-    compressed lse (0 where no token is visible), the tile's tokens [BT] and j_hi, one past the
-    last block that any of them sees (above every token's current block)."""
+    """This program's rows for a score pass over tokens T0 .. T - 1: batch b, kv head h, q [BT * GP,
+    DKP], t, row_ok, the compressed lse (0 where no token is visible), the tile's tokens [BT] and
+    j_hi, one past the last block that any of them sees (above every token's current block)."""
     pid_t = tl.program_id(0)
     b = (tl.program_id(1) // H).to(tl.int64)
     h = tl.program_id(1) % H
-    t, g, row_ok = _rows(pid_t, T, G, BT, GP)
+    t, g, row_ok = _rows(pid_t, T - T0, G, BT, GP)
+    t += T0
     hq = h * G + g
     ck = tl.arange(0, DKP)
     q = tl.load(Q + b * sq_b + t.to(tl.int64)[:, None] * sq_t + hq[:, None] * sq_h + ck[None, :],
                 mask=row_ok[:, None] & (ck[None, :] < DK), other=0.0)  # [BT * GP, DKP]
     lse = tl.load(LSE + b * sl_b + t.to(tl.int64) * sl_t + hq * sl_h, mask=row_ok, other=float("-inf"))
     lse = tl.where(lse == float("-inf"), 0.0, lse)
-    t_last = tl.minimum(pid_t * BT + BT - 1, T - 1)
+    t_last = tl.minimum(T0 + pid_t * BT + BT - 1, T - 1)
     n_hi = tl.minimum(tl.maximum(t_last + 1 - L_CMP + D_CMP, 0) // D_CMP, N)
     j_hi = (n_hi * D_CMP + L_CMP + L_SLC - 1) // L_SLC
-    tok = pid_t * BT + tl.arange(0, BT)
+    tok = T0 + pid_t * BT + tl.arange(0, BT)
     return b, h, q, t, row_ok, lse, tok, j_hi
 
 
 @triton.jit
-def _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, scale,
+def _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T0, T, NB, DK, scale,
                  L_CMP: tl.constexpr, D_CMP: tl.constexpr, L_SLC: tl.constexpr, BJ: tl.constexpr,
                  BT: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, BJP: tl.constexpr,
                  DKP: tl.constexpr, PREC: tl.constexpr, INTERP: tl.constexpr):
@@ -162,29 +172,29 @@ def _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, sca
                           BN, BJP, DKP, PREC, INTERP)  # [BT, BJP]
     jl = tl.arange(0, BJP)
     j = j0 + jl
-    tl.store(S + tok.to(tl.int64)[:, None] * ss_t + j[None, :], score,
+    tl.store(S + (tok - T0).to(tl.int64)[:, None] * ss_t + j[None, :], score,
              mask=(tok[:, None] < T) & (jl[None, :] < BJ) & (j[None, :] < NB))
 
 
 @triton.jit
 def _cmp_scores(Q, K, LSE, S, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sl_b, sl_t, sl_h, ss_b, ss_t, ss_h,
-                T, N, H, G, DK, NB, scale, L_CMP: tl.constexpr, D_CMP: tl.constexpr,
+                T0, T, N, H, G, DK, NB, scale, L_CMP: tl.constexpr, D_CMP: tl.constexpr,
                 L_SLC: tl.constexpr, BJ: tl.constexpr, BT: tl.constexpr, GP: tl.constexpr,
                 BN: tl.constexpr, BJP: tl.constexpr, DKP: tl.constexpr, PREC: tl.constexpr,
                 INTERP: tl.constexpr):
-    b, h, q, t, row_ok, lse, tok, j_hi = _score_rows(Q, LSE, sq_b, sq_t, sq_h, sl_b, sl_t, sl_h, T, N, H, G,
-                                                     DK, L_CMP, D_CMP, L_SLC, BT, GP, DKP)
+    b, h, q, t, row_ok, lse, tok, j_hi = _score_rows(Q, LSE, sq_b, sq_t, sq_h, sl_b, sl_t, sl_h, T0, T, N, H,
+                                                     G, DK, L_CMP, D_CMP, L_SLC, BT, GP, DKP)
     K += b * sk_b + h * sk_h
     S += b * ss_b + h * ss_h
     if INTERP:
         j0 = 0
         while j0 < j_hi:
-            _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, scale, L_CMP,
+            _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T0, T, NB, DK, scale, L_CMP,
                          D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, PREC, INTERP)
             j0 += BJ
     else:
         for j0 in range(0, j_hi, BJ):
-            _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T, NB, DK, scale, L_CMP,
+            _scores_tile(j0, q, t, row_ok, lse, tok, K, S, sk_n, ss_t, N, T0, T, NB, DK, scale, L_CMP,
                          D_CMP, L_SLC, BJ, BT, GP, BN, BJP, DKP, PREC, INTERP)
 
 
@@ -208,8 +218,8 @@ def _cmp_top_n(Q, K, LSE, IDX, sq_b, sq_t, sq_h, sk_b, sk_n, sk_h, sl_b, sl_t, s
                DKP: tl.constexpr, N_SEL: tl.constexpr, NP: tl.constexpr, PREC: tl.constexpr,
                INTERP: tl.constexpr):
     tl.static_assert(NP >= N_SEL, "the running top-n keeps at least n blocks")
-    b, h, q, t, row_ok, lse, tok, j_hi = _score_rows(Q, LSE, sq_b, sq_t, sq_h, sl_b, sl_t, sl_h, T, N, H, G,
-                                                     DK, L_CMP, D_CMP, L_SLC, BT, GP, DKP)
+    b, h, q, t, row_ok, lse, tok, j_hi = _score_rows(Q, LSE, sq_b, sq_t, sq_h, sl_b, sl_t, sl_h, 0, T, N, H,
+                                                     G, DK, L_CMP, D_CMP, L_SLC, BT, GP, DKP)
     c = tok // L_SLC  # [BT] current blocks, all < j_hi
     slot = tl.arange(0, NP)
     best = tl.where(slot[None, :] < N_SEL, float("-inf"), float("inf")) + tl.zeros([BT, NP], tl.float32)
@@ -272,36 +282,62 @@ def compressed_attention(q: Tensor, k_cmp: Tensor, v_cmp: Tensor, o: Tensor, lse
 
 
 def importance_scores(q: Tensor, k_cmp: Tensor, lse: Tensor, n_blocks: int, config: NSAConfig,
-                      scale: float, rows: int = 64, bn: int = 64, num_warps: int = 4) -> Tensor:
-    """Group-summed block scores (Eqs. 9-10) -> [B, T, H, n_blocks] float32, given the compressed
-    branch's lse [B, T, HQ]. Blocks no query of a tile can see are 0."""
+                      scale: float, rows: int = SCORE_ROWS, bn: int = 64, num_warps: int = SCORE_WARPS,
+                      first: int = 0, stop: int | None = None) -> Tensor:
+    """Group-summed block scores (Eqs. 9-10) of tokens first .. stop - 1 (default: all) ->
+    [B, stop - first, H, n_blocks] float32, given the compressed branch's lse [B, T, HQ]. Blocks
+    no query of a tile can see are 0."""
     B, T, HQ, dk = q.shape
     N, H = k_cmp.shape[1], k_cmp.shape[2]
-    scores = torch.zeros((B, T, H, n_blocks), dtype=torch.float32, device=q.device)
+    stop = T if stop is None else stop
+    scores = torch.zeros((B, stop - first, H, n_blocks), dtype=torch.float32, device=q.device)
 
     def launch(plan: tuple[int, int]) -> tuple[tuple, dict]:
         bt, gp, keys, bj = _score_tiles(HQ // H, config, plan[0], bn)
         args = (q, k_cmp, lse, scores, q.stride(0), q.stride(1), q.stride(2), k_cmp.stride(0),
                 k_cmp.stride(1), k_cmp.stride(2), lse.stride(0), lse.stride(1), lse.stride(2),
-                scores.stride(0), scores.stride(1), scores.stride(2), T, N, H, HQ // H, dk, n_blocks, scale)
+                scores.stride(0), scores.stride(1), scores.stride(2), first, stop, N, H, HQ // H, dk,
+                n_blocks, scale)
         return args, dict(L_CMP=config.cmp_len, D_CMP=config.cmp_stride, L_SLC=config.slc_len, BJ=bj, BT=bt,
                           GP=gp, BN=keys, BJP=padded(bj), DKP=padded(dk), PREC=dot_precision(q.dtype),
                           INTERP=interpreted(), num_warps=num_warps, num_stages=plan[1])
 
     args, kwargs = launch(first_fit(_cmp_scores, _score_plans(rows), launch, q.device))
-    _cmp_scores[(triton.cdiv(T, kwargs["BT"]), B * H)](*args, **kwargs)
+    _cmp_scores[(triton.cdiv(stop - first, kwargs["BT"]), B * H)](*args, **kwargs)
     return scores
 
 
-def importance_top_n(q: Tensor, k_cmp: Tensor, lse: Tensor, config: NSAConfig, scale: float,
-                     rows: int = 64, bn: int = 64, num_warps: int = 4) -> Tensor:
+def importance_top_n(q: Tensor, k_cmp: Tensor, lse: Tensor, config: NSAConfig, scale: float) -> Tensor:
+    """Eqs. 9-11 -> indices [B, T, H, n] (int32, ascending, -1 padded), given the compressed
+    branch's lse [B, T, HQ]: the forward's selection.
+
+    For G >= 2, in chunks of query tokens: `importance_scores` of a chunk, then `select.top_n`
+    (the faster form there; the chunk's score matrix holds at most SCORE_CHUNK_ELEMENTS floats).
+    For G = 1, or rows of more than TOP_N_MAX_BLOCKS blocks, which one program of `top_n` cannot
+    hold, `running_top_n`. Both pick the same blocks, ties included."""
+    B, T, HQ, _ = q.shape
+    H = k_cmp.shape[2]
+    nb = n_slc_blocks(T, config)
+    if HQ // H == 1 or nb > TOP_N_MAX_BLOCKS:
+        return running_top_n(q, k_cmp, lse, config, scale)
+    indices = torch.empty((B, T, H, config.top_n), dtype=torch.int32, device=q.device)
+    chunk = max(1, SCORE_CHUNK_ELEMENTS // (B * H * nb))
+    for first in range(0, T, chunk):
+        stop = min(first + chunk, T)
+        scores = importance_scores(q, k_cmp, lse, nb, config, scale, first=first, stop=stop)
+        top_n(scores, config, first=first, out=indices)
+    return indices
+
+
+def running_top_n(q: Tensor, k_cmp: Tensor, lse: Tensor, config: NSAConfig, scale: float,
+                  rows: int = 64, bn: int = 64, num_warps: int = 4) -> Tensor:
     """Eqs. 9-11 in one pass -> indices [B, T, H, n] (int32, ascending, -1 padded), as `top_n` of
     `importance_scores`, given the compressed branch's lse [B, T, HQ].
 
     Each program ranks the block scores of its tokens as it computes them, a chunk of blocks at a
-    time (`select.top_n_insert`), and keeps only the running top n: no [B, T, H, n_blocks] score
-    matrix, so memory beyond the inputs is the indices. The scores are `importance_scores`' own
-    (same tiles, same arithmetic), so the picks are the two-pass ones, ties included."""
+    time (`select.top_n_insert`), and keeps only the running top n: no score matrix, so memory
+    beyond the inputs is the indices. The scores are `importance_scores`' own (same tiles, same
+    arithmetic), so the picks are the two-pass ones, ties included."""
     B, T, HQ, dk = q.shape
     N, H = k_cmp.shape[1], k_cmp.shape[2]
     indices = torch.empty((B, T, H, config.top_n), dtype=torch.int32, device=q.device)

@@ -1,6 +1,6 @@
-"""The composition, as `nsa_torch.ops.nsa`: compressed branch, importance scores with top-n in one
-pass (`compress.importance_top_n`: no score matrix in memory), selected branch, and the window
-branch fused with the gated combine; then the backward of it all.
+"""The composition, as `nsa_torch.ops.nsa`: compressed branch, importance scores with top-n
+(`compress.importance_top_n`: a score matrix of at most 1 GiB at a time, or none), selected branch,
+and the window branch fused with the gated combine; then the backward of it all.
 
 The branch outputs go to one float32 buffer `branch_o` [B, T, HQ, 3, dv] (compressed, selected,
 window); the window kernel reads the first two, writes the third and the gated o in q's dtype.

@@ -19,8 +19,8 @@ Top-n (Eq. 11): blocks 0, c-1 and c are forced, then the highest scores among bl
 broken towards the lower index (the order of `nsa_torch.ops.select.top_n`'s stable sort); the
 picks are written ascending, -1 padded. Two forms share the ranking key (`top_n_key`): `top_n`,
 one program per (token, kv head) holding that row of a score matrix, n argmax picks (the decode
-step's, and the two-pass baseline); and `top_n_insert` / `top_n_store`, a running top-n that
-`compress.importance_top_n` feeds chunk by chunk as it computes the scores (the forward's).
+step's, and the forward's for G >= 2); and `top_n_insert` / `top_n_store`, a running top-n that
+`compress.running_top_n` feeds chunk by chunk as it computes the scores (the forward's for G = 1).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from nsa_triton.ops.tiles import dot_precision, first_fit, group_tile, padded, s
 
 TOP_N_MAX_BLOCKS = 16384  # one program holds a token's whole score row: T <= 16384 * l'
 FWD_KEYS = 64  # keys per step of the forward: a longer block is folded in tiles of this many
-TOP_N_WARPS = 4
-TOP_N_WIDE_ROW = 4096  # rows of more (padded) blocks than this take TOP_N_WIDE_WARPS
-TOP_N_WIDE_WARPS = 8
+TOP_N_WARPS = ((2048, 1), (4096, 4), (TOP_N_MAX_BLOCKS, 8))
+"""(padded blocks per row at most, warps) of `top_n` (H200, paper shape: 1 warp 3.4 / 14.0 ms against
+4 warps 4.2 / 14.9 ms at 1024 / 2048 blocks)."""
 
 BWD_SMEM_BUDGET = 160 * 1024  # bytes of staged tiles per program (H200: 228 KiB per SM)
 BWD_STAGES = 2  # pipeline depth of the streamed tiles when it fits the budget
@@ -177,39 +177,44 @@ def top_n_row(score, j, c, IDX, N_SEL: tl.constexpr, NP: tl.constexpr):
 
 
 @triton.jit
-def _top_n(S, IDX, ss_b, ss_t, ss_h, si_b, si_t, si_h, H, NB, L_SLC: tl.constexpr,
+def _top_n(S, IDX, ss_b, ss_t, ss_h, si_b, si_t, si_h, T0, H, NB, L_SLC: tl.constexpr,
            N_SEL: tl.constexpr, NBP: tl.constexpr, NP: tl.constexpr):
-    t = tl.program_id(0)
+    r = tl.program_id(0).to(tl.int64)  # row r of S and IDX is token T0 + r
+    t = T0 + r
     b = (tl.program_id(1) // H).to(tl.int64)
     h = tl.program_id(1) % H
     j = tl.arange(0, NBP)
     c = t // L_SLC
-    score = tl.load(S + b * ss_b + t.to(tl.int64) * ss_t + h * ss_h + j, mask=(j <= c) & (j < NB),
+    score = tl.load(S + b * ss_b + r * ss_t + h * ss_h + j, mask=(j <= c) & (j < NB),
                     other=float("-inf"))  # [NBP]
-    top_n_row(score, j, c, IDX + b * si_b + t.to(tl.int64) * si_t + h * si_h, N_SEL, NP)
+    top_n_row(score, j, c, IDX + b * si_b + r * si_t + h * si_h, N_SEL, NP)
 
 
-def top_n(scores: Tensor, config: NSAConfig, num_warps: int | None = None) -> Tensor:
-    """Eq. 11 on scores [B, T, H, n_blocks] -> indices [B, T, H, n] (int32, ascending, -1 padded).
+def top_n(scores: Tensor, config: NSAConfig, num_warps: int | None = None, first: int = 0,
+          out: Tensor | None = None) -> Tensor:
+    """Eq. 11 on the scores [B, R, H, n_blocks] of tokens first .. first + R - 1 -> their indices
+    [B, R, H, n] (int32, ascending, -1 padded), written to out[:, first:first + R] when `out`
+    ([B, T, H, n]) is given, which is returned.
 
     Raises `UnsupportedError` beyond TOP_N_MAX_BLOCKS blocks (one program holds a whole row)."""
-    B, T, H, nb = scores.shape
+    B, R, H, nb = scores.shape
     if nb > TOP_N_MAX_BLOCKS:
         raise UnsupportedError(
-            f"top-n holds one token's block scores in one program: n_blocks={nb} (T={T}, "
+            f"top-n holds one token's block scores in one program: n_blocks={nb} (T={first + R}, "
             f"slc_len={config.slc_len}) exceeds the supported {TOP_N_MAX_BLOCKS}"
         )
     n = config.top_n
     nbp = triton.next_power_of_2(nb)
     if num_warps is None:
-        num_warps = TOP_N_WARPS if nbp <= TOP_N_WIDE_ROW else TOP_N_WIDE_WARPS
-    indices = torch.empty((B, T, H, n), dtype=torch.int32, device=scores.device)
-    _top_n[(T, B * H)](
-        scores, indices, scores.stride(0), scores.stride(1), scores.stride(2), indices.stride(0),
-        indices.stride(1), indices.stride(2), H, nb, L_SLC=config.slc_len, N_SEL=n, NBP=nbp,
+        num_warps = next(w for most, w in TOP_N_WARPS if nbp <= most)
+    rows = torch.empty((B, R, H, n), dtype=torch.int32, device=scores.device) if out is None \
+        else out[:, first:first + R]
+    _top_n[(R, B * H)](
+        scores, rows, scores.stride(0), scores.stride(1), scores.stride(2), rows.stride(0),
+        rows.stride(1), rows.stride(2), first, H, nb, L_SLC=config.slc_len, N_SEL=n, NBP=nbp,
         NP=triton.next_power_of_2(n), num_warps=num_warps,
     )
-    return indices
+    return rows if out is None else out
 
 
 def selected_attention(q: Tensor, k_slc: Tensor, v_slc: Tensor, indices: Tensor, o: Tensor,
