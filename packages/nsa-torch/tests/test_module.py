@@ -141,6 +141,21 @@ def test_low_precision_runs_and_stays_close():
     np.testing.assert_allclose(out.o.float().numpy(), want.o, atol=0.05)
 
 
+@pytest.mark.parametrize("phi", ["mlp", "mean"])
+def test_autocast_runs_in_the_autocast_dtype(phi, one_thread):
+    """Under autocast the projections give bfloat16 while phi's and the gates' float32 parameters
+    would promote k_cmp, v_cmp and the gates (once a dtype mismatch the kernel contract refused)."""
+    torch.manual_seed(0)
+    layer = NSAAttention(32, 4, num_kv_heads=2, head_dim=8, config=CFG, phi=phi, backend="torch")
+    x = torch.randn(2, 40, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, aux = layer(x, return_aux=True)
+    assert y.dtype == aux.o.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+    torch.testing.assert_close(y.float(), layer(x), atol=0.05, rtol=0.05)
+
+
 def test_register_phi_makes_a_new_compression_available():
     name = "test-max"
     register_phi(name, lambda block_len, dim, hidden: _MaxPhi())

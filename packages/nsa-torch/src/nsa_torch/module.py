@@ -132,7 +132,7 @@ class NSAAttention(nn.Module):
             stream = "shared" if self.shared_kv else branch
             k = rope(self.k_proj[stream](x).view(B, T, H, self.head_dim))
             kv[branch] = (k, self.v_proj[stream](x).view(B, T, H, self.v_head_dim))
-        gates = gate_activation(self.gate(x).view(B, T, self.num_heads, 3), self.config.gate)
+        gates = gate_activation(self.gate(x).view(B, T, self.num_heads, 3), self.config.gate).to(q.dtype)
         return q, kv, gates
 
     def forward(
@@ -195,11 +195,12 @@ class NSAAttention(nn.Module):
         return (y, aux) if return_aux else y
 
     def _compress(self, phi: nn.Module, raw: Tensor, cu: np.ndarray | None) -> Tensor:
-        """phi over the raw cmp stream [B, T, H, D]; packed sequences one by one, in order."""
+        """phi over the raw cmp stream [B, T, H, D]; packed sequences one by one, in order. In raw's
+        dtype: under autocast, phi's float32 parameters (its position embedding) would promote it."""
         if cu is None:
-            return phi(cmp_blocks(raw, self.config))
+            return phi(cmp_blocks(raw, self.config)).to(raw.dtype)
         pieces = [raw[:, int(lo) : int(hi)] for lo, hi in itertools.pairwise(cu)]
-        return torch.cat([phi(cmp_blocks(piece, self.config)) for piece in pieces], 1)
+        return torch.cat([phi(cmp_blocks(piece, self.config)) for piece in pieces], 1).to(raw.dtype)
 
     def _check_decode(self, x: Tensor, start: int) -> None:
         """A decode step takes one token and runs without autograd."""
