@@ -25,7 +25,6 @@ from nsa_triton.backend import TritonBackend
 from nsa_triton.ops.compress import compressed_attention, importance_scores, importance_top_n, running_top_n
 from nsa_triton.ops.select import selected_attention, top_n
 from nsa_triton.ops.window import window_attention
-from slc_tma import selected_attention_tma
 
 CFG = NSAConfig(cmp_len=32, cmp_stride=16, slc_len=64, top_n=16, window=512)
 HQ, H, D = 64, 4, 128
@@ -55,11 +54,6 @@ def stage_times(x: NSAInputs) -> dict[str, float]:
     same = [torch.equal(f(x.q, x.k_cmp, lse[..., 0], CFG, scale), idx)
             for f in (importance_top_n, running_top_n)]
     print(f"T={T}: indices equal to the two-pass ones: selection {same[0]}, running {same[1]}", flush=True)
-
-    def slc_tma(keys: int, warps: int, stages: int) -> None:
-        selected_attention_tma(x.q, x.k_slc, x.v_slc, idx, o_slc, lse[..., 1], CFG, scale, keys, warps,
-                               stages)
-
     bench = {
         "cmp": lambda: compressed_attention(x.q, x.k_cmp, x.v_cmp, o_cmp, lse[..., 0], CFG, scale),
         "scores": lambda: importance_scores(x.q, x.k_cmp, lse[..., 0], nb, CFG, scale),
@@ -84,20 +78,7 @@ def stage_times(x: NSAInputs) -> dict[str, float]:
                                             CFG, scale, 64, 128, 4),
         "slc k1w4s3": lambda: selected_attention(x.q, x.k_slc, x.v_slc, idx, o_slc, lse[..., 1], CFG, scale,
                                                  1, 4, 3),
-        "slc tma": lambda: slc_tma(64, 4, 2),
-        "slc tma s3": lambda: slc_tma(64, 4, 3),
-        "slc tma w8": lambda: slc_tma(64, 8, 2),
-        "slc tma k32s3": lambda: slc_tma(32, 4, 3),
     }
-    selected_attention(x.q, x.k_slc, x.v_slc, idx, o_slc, lse[..., 1], CFG, scale)
-    want = o_slc.clone(), lse[..., 1].clone()
-    try:
-        slc_tma(64, 4, 2)
-        print(f"T={T}: slc tma against slc: max |o| diff {(o_slc - want[0]).abs().max().item():.2e}, "
-              f"max |lse| diff {(lse[..., 1] - want[1]).abs().max().item():.2e}", flush=True)
-    except Exception as error:  # an experiment: report it and time the rest
-        print(f"T={T}: slc tma failed: {type(error).__name__}: {str(error)[:300]}", flush=True)
-        variants = {k: f for k, f in variants.items() if not k.startswith("slc tma")}
     bench.update(variants)
     return {k: triton.testing.do_bench(f, warmup=50, rep=300, return_mode="median") for k, f in bench.items()}
 
