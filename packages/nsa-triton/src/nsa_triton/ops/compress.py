@@ -43,9 +43,9 @@ SCORE_ROWS = 128
 SCORE_WARPS = 8
 """(token, head) rows per score tile and warps (H200, bf16, paper shape: 9.9 / 38.7 ms against
 11.5 / 44.9 ms for 64 rows and 4 warps at T = 64k / 128k)."""
-SCORE_CHUNK_ELEMENTS = 1 << 28
-"""Float32 scores `importance_top_n` holds at once (1 GiB): the paper shape at T = 128k takes 4
-chunks of 32768 tokens instead of a 4.3 GB matrix."""
+SCORE_CHUNK_ELEMENTS = 1 << 26
+"""Float32 scores `importance_top_n` holds at once (256 MiB): the paper shape at T = 128k takes 16
+chunks of 8192 tokens instead of a 4 GiB matrix."""
 CMP_BWD_PROGRAMS = 1056
 """Programs the compressed dK/dV pass aims for (8 per SM of an H100/H200): with few kv heads the
 key tiles alone are too few (256 at T = 64k, H = 4), so each key tile's queries are cut into
