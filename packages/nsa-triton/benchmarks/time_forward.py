@@ -2,7 +2,7 @@
 
 "scores" and "top-n" are the two-pass form (a float32 score matrix [T, H, n_blocks] between them),
 "running" the one-pass `running_top_n`, "selection" `importance_top_n`, which the forward runs (the
-two-pass form in chunks of at most 1 GiB of scores for G >= 2, the one-pass form for G = 1).
+two-pass form in chunks of at most 256 MiB of scores for G >= 2, the one-pass form for G = 1).
 Variants of the kernels' tiles (rows r, key tile bn, warps w, stages s) are timed beside the
 defaults. Paper shape: bf16, B=1,
 HQ=64, H=4, dk=dv=128, l=32, d=16, l'=64, n=16, w=512. Before timing, the outputs at the smallest

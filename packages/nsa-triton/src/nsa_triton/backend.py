@@ -73,7 +73,7 @@ class TritonBackend:
                 f"prefill-groups); block by block only where its tiles fit: l' <= {MAX_BLOCK} and "
                 f"(padded dk + dv) * itemsize <= {MAX_ROW_BYTES} bytes, token by token otherwise",
                 "top_n": "for G >= 2, importance scores then top-n in chunks of query tokens (at "
-                "most 1 GiB of float32 block scores at a time); for G = 1 or rows of more than "
+                "most 256 MiB of float32 block scores at a time); for G = 1 or rows of more than "
                 f"{TOP_N_MAX_BLOCKS} blocks, in one pass (a running top-n per token, no score matrix): "
                 "the faster form for each on an H200; the decode step holds a row of at most "
                 f"{TOP_N_MAX_BLOCKS} block scores",

@@ -1,5 +1,5 @@
 """The composition, as `nsa_torch.ops.nsa`: compressed branch, importance scores with top-n
-(`compress.importance_top_n`: a score matrix of at most 1 GiB at a time, or none), selected branch,
+(`compress.importance_top_n`: a score matrix of at most 256 MiB at a time, or none), selected branch,
 and the window branch fused with the gated combine; then the backward of it all.
 
 The branch outputs go to one float32 buffer `branch_o` [B, T, HQ, 3, dv] (compressed, selected,
