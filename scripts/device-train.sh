@@ -9,7 +9,9 @@
 # seconds (default 390) for both, at most MAX_STEPS, and evaluates both latest checkpoints. (c), the
 # gate statistics, are in the NSA runs' heartbeats; the plots are drawn at the end of each phase.
 # Writes $OUT/<run>/heartbeat.jsonl, $OUT/<run>.json (evaluate.py), $OUT/*.png, $OUT/device-train.log.
-# CONFIG and BACKEND (default triton) override the phase's config file and NSA's backend.
+# CONFIG and BACKEND (default triton) override the phase's config file and NSA's backend. STEPS skips
+# the probes and trains that many steps; ONLY trains a subset of the phase's runs (e.g. ONLY=dense-4k
+# STEPS=1053 gives a run cut short elsewhere its partner with the same data, steps and tokens).
 # Needs pyyaml and tqdm on the device (no network: carry their wheels in .whl/ if they are missing).
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -56,16 +58,25 @@ print(f"{tokens / statistics.median(rates):.4f}")
 PY
 }
 
+if [ -n "${ONLY:-}" ]; then
+  read -r -a names <<< "$ONLY"
+fi
 total=0
 for name in "${names[@]}"; do
+  [ -n "${STEPS:-}" ] && break
   rm -rf "$RUNS/probe-$name"
   train "$name" "$PROBE_STEPS" "$RUNS/probe-$name" --set ops.heartbeat_every=5 --set train.eval_every=1000000
   s=$(seconds_per_step "$RUNS/probe-$name")
   echo "probe $name: $s s/step" | tee -a "$OUT/device-train.log"
   total=$(python3 -c "print($total + $s)")
 done
-steps=$(python3 -c "print(max(50, min($max_steps, int($PHASE_S / $total))))")
-echo "training both for $steps steps ($total s per step of both)" | tee -a "$OUT/device-train.log"
+if [ -n "${STEPS:-}" ]; then
+  steps=$STEPS
+  echo "training ${names[*]} for $steps steps (STEPS)" | tee -a "$OUT/device-train.log"
+else
+  steps=$(python3 -c "print(max(50, min($max_steps, int($PHASE_S / $total))))")
+  echo "training ${names[*]} for $steps steps ($total s per step of all)" | tee -a "$OUT/device-train.log"
+fi
 
 for name in "${names[@]}"; do
   rm -rf "$RUNS/$name"
@@ -78,7 +89,7 @@ for name in "${names[@]}"; do
 done
 
 needles=()
-if [ "$phase" = needle ]; then needles=(--needle "$OUT/needle-nsa.json" "$OUT/needle-dense.json"); fi
+if [ "$phase" = needle ]; then results=("${names[@]/#/$OUT/}"); needles=(--needle "${results[@]/%/.json}"); fi
 python3 examples/train/plot.py --runs "${names[@]/#/$RUNS/}" "${needles[@]}" --out "$OUT" \
     >> "$OUT/device-train.log" 2>&1 || echo "FAILED: plot" | tee -a "$OUT/device-train.log"
 
