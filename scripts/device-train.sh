@@ -61,19 +61,18 @@ PY
 if [ -n "${ONLY:-}" ]; then
   read -r -a names <<< "$ONLY"
 fi
-total=0
-for name in "${names[@]}"; do
-  [ -n "${STEPS:-}" ] && break
-  rm -rf "$RUNS/probe-$name"
-  train "$name" "$PROBE_STEPS" "$RUNS/probe-$name" --set ops.heartbeat_every=5 --set train.eval_every=1000000
-  s=$(seconds_per_step "$RUNS/probe-$name")
-  echo "probe $name: $s s/step" | tee -a "$OUT/device-train.log"
-  total=$(python3 -c "print($total + $s)")
-done
 if [ -n "${STEPS:-}" ]; then
   steps=$STEPS
   echo "training ${names[*]} for $steps steps (STEPS)" | tee -a "$OUT/device-train.log"
 else
+  total=0
+  for name in "${names[@]}"; do
+    rm -rf "$RUNS/probe-$name"
+    train "$name" "$PROBE_STEPS" "$RUNS/probe-$name" --set ops.heartbeat_every=5 --set train.eval_every=1000000
+    s=$(seconds_per_step "$RUNS/probe-$name")
+    echo "probe $name: $s s/step" | tee -a "$OUT/device-train.log"
+    total=$(python3 -c "print($total + $s)")
+  done
   steps=$(python3 -c "print(max(50, min($max_steps, int($PHASE_S / $total))))")
   echo "training ${names[*]} for $steps steps ($total s per step of all)" | tee -a "$OUT/device-train.log"
 fi

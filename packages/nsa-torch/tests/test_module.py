@@ -153,7 +153,9 @@ def test_autocast_runs_in_the_autocast_dtype(phi, one_thread):
     assert y.dtype == aux.o.dtype == torch.bfloat16
     y.float().square().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
-    torch.testing.assert_close(y.float(), layer(x), atol=0.05, rtol=0.05)
+    # bfloat16 keeps 8 bits of mantissa: measured max |y - y_float32| 0.0029 (mlp) / 0.0034 (mean) for
+    # outputs up to 0.9, i.e. about one bfloat16 step; 0.01 leaves ~3x of that and fails a wrong dtype path.
+    torch.testing.assert_close(y.float(), layer(x), atol=0.01, rtol=0.01)
 
 
 def test_register_phi_makes_a_new_compression_available():

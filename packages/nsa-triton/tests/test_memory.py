@@ -49,7 +49,7 @@ def _forward_allocations(T: int, HQ: int, H: int, d: int = 8) -> list[tuple[tupl
 @pytest.mark.parametrize(("HQ", "H"), [(2, 2), (4, 2), (16, 1)])  # G = 1: one-pass top-n; G = 2, 16: chunks
 def test_no_allocation_grows_faster_than_T(HQ, H, monkeypatch):
     """At 2T every allocation is at most ~2x its size at T (a T x blocks buffer would be 4x), the
-    block scores' chunks cut to CHUNK floats (the default 1 GiB is not reached at these sizes)."""
+    block scores' chunks cut to CHUNK floats (the default 256 MiB is not reached at these sizes)."""
     monkeypatch.setattr(compress, "SCORE_CHUNK_ELEMENTS", CHUNK)
     small, large = _forward_allocations(128, HQ, H), _forward_allocations(256, HQ, H)
     assert len(small) == len(large), "the forward allocated a different number of tensors at 2T"
